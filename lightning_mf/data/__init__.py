@@ -1,0 +1,1 @@
+"""Dataset preparation (raw files -> Parquet folder) and streaming (Parquet folder -> batches)."""

@@ -1,0 +1,11 @@
+"""Errors a user can cause and fix; the command line prints them without a traceback."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """Bad input data or options: a file, a line or a setting that must change.
+
+    The message names the file (and line or column where known), what was expected and what was
+    found. Command-line entry points print it and exit with status 2.
+    """

@@ -57,6 +57,12 @@ class RatingScale:
         """Rating from which an item counts as relevant: 4 on a 5-point scale, scaled otherwise."""
         return 0.8 * self.max
 
+    def explicit_only(self) -> RatingScale:
+        """The scale once implicit zeros are dropped: it starts one step above 0."""
+        if self.min != 0:
+            return self
+        return RatingScale(min=self.step or 1.0, max=self.max, step=self.step)
+
 
 @dataclass
 class DatasetMeta:

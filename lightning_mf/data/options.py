@@ -38,6 +38,8 @@ class PrepareOptions:
         min_item_ratings: Drop items with fewer ratings (k-core).
         on_bad_rows: `error` stops at the first malformed line; `skip` writes malformed lines to
             `rejected.csv`, counts them in meta.json and goes on.
+        item_catalog: Treat a rating whose item is missing from the dataset's own item list
+            (`movies.csv`, `movies.dat`, `u.item` next to the ratings file) as a malformed line.
         rating_min: Lowest valid rating; unset: the format's scale (the data's minimum for
             generic files).
         rating_max: Highest valid rating; unset as for `rating_min`.
@@ -72,6 +74,7 @@ class PrepareOptions:
     min_user_ratings: int = 1
     min_item_ratings: int = 1
     on_bad_rows: BadRowPolicy = "error"
+    item_catalog: bool = True
     rating_min: float | None = None
     rating_max: float | None = None
     user_col: str = "user"

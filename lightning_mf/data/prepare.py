@@ -86,6 +86,7 @@ def _build(options: PrepareOptions, staging: Path) -> DatasetMeta:
 
 
 def _build_from_files(options: PrepareOptions, staging: Path) -> DatasetMeta:
+    from lightning_mf.data.catalog import read_item_catalog
     from lightning_mf.data.readers import read_ratings
     from lightning_mf.data.sources import open_source, sha256_file
 
@@ -122,12 +123,18 @@ def _build_from_files(options: PrepareOptions, staging: Path) -> DatasetMeta:
             raise DataError("--fold and --test_source define a predefined split: add --split predefined")
         roles = [("ratings", files.ratings)] + ([("test", files.test)] if files.test else [])
         roles += [("archive", files.archive)] if files.archive else []
+        roles += [("catalog", files.catalog)] if options.item_catalog and files.catalog else []
         # Hashing runs beside the parse: hashlib releases the GIL.
         digests = {role: hasher.submit(sha256_file, path) for role, path in roles}
-        train_raw = read_ratings(files.ratings, format=options.format, **reader_options)
+        if options.item_catalog and files.catalog is not None:
+            reader_options["known_items"] = read_item_catalog(files.catalog, files.catalog_name)
+            reader_options["catalog_name"] = files.catalog_name
+        train_raw = read_ratings(
+            files.ratings, format=options.format, display_name=files.ratings_name, **reader_options
+        )
         test_raw = None
         if files.test is not None:
-            test_raw = read_ratings(files.test, format=train_raw.format, **reader_options)
+            test_raw = read_ratings(files.test, format=train_raw.format, display_name=files.test_name, **reader_options)
         sources = [
             {"role": role, "path": str(path), "bytes": path.stat().st_size, "sha256": digests[role].result()}
             for role, path in roles

@@ -1,0 +1,303 @@
+"""The matrix-factorization model: how a rating is scored from embeddings and biases.
+
+The model knows nothing about losses, optimizers or logging (that is `module.RatingPredictor`).
+A prediction is
+
+    raw = offset + b_u + b_i + (p_u [+ |N(u)|^-1/2 * sum_{j in N(u)} y_j]) . q_i
+
+where `offset` is the global mean (its logit under a sigmoid output), the bracketed term is the
+optional SVD++ implicit-feedback user term, and `output="sigmoid"` maps `raw` into the rating
+range. With `ensemble_size=k` the tables hold k independent copies side by side and the
+prediction is the mean over copies; each copy is trained on its own error.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+InitKind = Literal["xavier", "normal"]
+OutputKind = Literal["linear", "sigmoid"]
+
+# Keeps the sigmoid offset finite when the global mean sits on a bound of the rating range.
+_SIGMOID_EDGE = 1e-3
+
+
+class MemberScores(NamedTuple):
+    """Per-copy training outputs, all of shape `(batch, ensemble_size)`.
+
+    Attributes:
+        prediction: Predicted ratings, neither clipped nor replaced by the unseen fallback.
+        factor_sq: Squared L2 norm of the factor rows looked up for each rating (user, item
+            and, with implicit feedback, every `y_j` of the user's item set); None unless asked.
+        bias_sq: Squared user and item biases looked up for each rating (zero without biases);
+            None unless asked.
+    """
+
+    prediction: Tensor
+    factor_sq: Tensor | None
+    bias_sq: Tensor | None
+
+
+class _FactorProduct(torch.autograd.Function):
+    """`sum(p * q)` and, if asked, `|p|^2 + |q|^2` over the last dim, with a fused backward.
+
+    Autograd would build the penalty's gradient and the product's separately and add them: three
+    extra passes over batch-sized tensors. Here each factor's gradient is one multiply plus one
+    in-place multiply-add, which matters on the memory-bound sparse path.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, p: Tensor, q: Tensor, with_sq: bool) -> tuple[Tensor, Tensor | None]:
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(p, q)
+        if p.device.type == "cpu":
+            # On CPU a batched 1 x d by d x 1 product reads p and q once, with no temporary (a
+            # third faster); autocast off keeps it in the factors' precision like the sum below.
+            with torch.autocast("cpu", enabled=False):
+                dot = torch.bmm(p.reshape(-1, 1, p.shape[-1]), q.reshape(-1, q.shape[-1], 1)).view(p.shape[:-1])
+        else:
+            dot = (p * q).sum(-1)
+        if not with_sq:
+            return dot, None
+        sq = torch.linalg.vector_norm(p, dim=-1).square_() + torch.linalg.vector_norm(q, dim=-1).square_()
+        return dot, sq
+
+    @staticmethod
+    def backward(ctx: Any, grad_dot: Tensor | None, grad_sq: Tensor | None) -> tuple[Tensor | None, Tensor | None, None]:
+        p, q = ctx.saved_tensors
+        grad_p = grad_q = None
+        if grad_dot is not None:
+            grad_p, grad_q = q * grad_dot.unsqueeze(-1), p * grad_dot.unsqueeze(-1)
+        if grad_sq is not None:
+            twice = 2.0 * grad_sq.unsqueeze(-1)
+            grad_p = p * twice if grad_p is None else grad_p.addcmul_(p, twice)
+            grad_q = q * twice if grad_q is None else grad_q.addcmul_(q, twice)
+        return grad_p, grad_q, None
+
+
+class MatrixFactorization(nn.Module):
+    """Biased matrix factorization with optional SVD++ user term and an ensemble of copies.
+
+    Users or items never seen in training (`user_seen` / `item_seen`, marked by `mark_seen`)
+    fall back in eval mode to the terms that exist, the global mean at worst, and eval
+    predictions are clipped to `[rating_min, rating_max]`.
+
+    Args:
+        num_users: Number of user indices (contiguous from 0).
+        num_items: Number of item indices (contiguous from 0).
+        rating_min: Lowest rating of the scale; eval predictions are clipped to it.
+        rating_max: Highest rating of the scale.
+        global_mean: Mean training rating, the fixed offset of every prediction.
+        embedding_dim: Number of latent factors per user and item.
+        dropout: Dropout probability applied to the user and item factor vectors in training.
+        init: Factor initialisation: `xavier` (uniform, Glorot bound of each table) or `normal`
+            (zero mean, `init_std`).
+        init_std: Standard deviation of the `normal` initialisation.
+        output: `linear` (raw score) or `sigmoid` (scaled to `[rating_min, rating_max]`).
+        use_bias: Learn a bias per user and per item.
+        sparse: Embeddings produce sparse gradients, so a sparse-capable optimizer touches only
+            the rows of a batch (the fast path).
+        implicit_feedback: Add the SVD++ implicit user term; call `set_implicit_feedback` with
+            the training interactions before training. Costs a pass over every batch user's
+            whole item set per batch.
+        ensemble_size: Number of independently initialised copies whose predictions are averaged.
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        rating_min: float,
+        rating_max: float,
+        global_mean: float,
+        embedding_dim: int = 64,
+        dropout: float = 0.0,
+        init: InitKind = "normal",
+        init_std: float = 0.1,
+        output: OutputKind = "linear",
+        use_bias: bool = True,
+        sparse: bool = False,
+        implicit_feedback: bool = False,
+        ensemble_size: int = 1,
+    ) -> None:
+        super().__init__()
+        _check_args(num_users, num_items, rating_min, rating_max, global_mean, embedding_dim, dropout,
+                    init, init_std, output, ensemble_size)
+        self.num_users, self.num_items = num_users, num_items
+        self.rating_min, self.rating_max = float(rating_min), float(rating_max)
+        self.embedding_dim, self.ensemble_size = embedding_dim, ensemble_size
+        self.output, self.sparse = output, sparse
+        width = embedding_dim * ensemble_size
+        self.user_factors = nn.Embedding(num_users, width, sparse=sparse)
+        self.item_factors = nn.Embedding(num_items, width, sparse=sparse)
+        self.user_bias = nn.Embedding(num_users, ensemble_size, sparse=sparse) if use_bias else None
+        self.item_bias = nn.Embedding(num_items, ensemble_size, sparse=sparse) if use_bias else None
+        self.implicit_factors = nn.Embedding(num_items, width, sparse=sparse) if implicit_feedback else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.register_buffer("offset", torch.tensor(self._offset(global_mean), dtype=torch.float32))
+        self.register_buffer("user_seen", torch.zeros(num_users, dtype=torch.bool))
+        self.register_buffer("item_seen", torch.zeros(num_items, dtype=torch.bool))
+        if implicit_feedback:
+            # CSR of each user's training items; sized by `set_implicit_feedback` or a checkpoint.
+            self.register_buffer("implicit_indptr", torch.zeros(num_users + 1, dtype=torch.int64))
+            self.register_buffer("implicit_items", torch.zeros(0, dtype=torch.int64))
+        self.reset_parameters(init, init_std)
+
+    def _offset(self, global_mean: float) -> float:
+        if self.output == "linear":
+            return float(global_mean)
+        share = (global_mean - self.rating_min) / (self.rating_max - self.rating_min)
+        share = min(max(share, _SIGMOID_EDGE), 1.0 - _SIGMOID_EDGE)
+        return math.log(share / (1.0 - share))
+
+    @torch.no_grad()
+    def reset_parameters(self, init: InitKind, init_std: float) -> None:
+        """Draw the factor tables (per copy, as if each copy were its own table); zero the biases."""
+        tables = [self.user_factors, self.item_factors]
+        if self.implicit_factors is not None:
+            tables.append(self.implicit_factors)
+        for table in tables:
+            if init == "xavier":
+                bound = math.sqrt(6.0 / (table.num_embeddings + self.embedding_dim))
+                table.weight.uniform_(-bound, bound)
+            else:
+                table.weight.normal_(0.0, init_std)
+        for bias in (self.user_bias, self.item_bias):
+            if bias is not None:
+                bias.weight.zero_()
+
+    @torch.no_grad()
+    def mark_seen(self, user: Tensor, item: Tensor) -> None:
+        """Record that these users and items took part in training (no host sync)."""
+        self.user_seen[user] = True
+        self.item_seen[item] = True
+
+    @torch.no_grad()
+    def set_implicit_feedback(self, user: Tensor, item: Tensor) -> None:
+        """Store each user's set of training items N(u) for the SVD++ term (duplicates dropped).
+
+        Args:
+            user: User indices of all training ratings.
+            item: Item indices of the same ratings.
+        """
+        if self.implicit_factors is None:
+            raise ValueError("set_implicit_feedback needs a model built with implicit_feedback=True")
+        if user.shape != item.shape or user.dim() != 1:
+            raise ValueError(f"user and item must be 1-D of equal length, got {tuple(user.shape)} "
+                             f"and {tuple(item.shape)}")
+        device = self.implicit_indptr.device
+        key = torch.unique(user.to(device, torch.int64) * self.num_items + item.to(device, torch.int64))
+        users = torch.div(key, self.num_items, rounding_mode="floor")
+        counts = torch.bincount(users, minlength=self.num_users)
+        if counts.numel() > self.num_users:
+            raise ValueError(f"user index {int(users.max())} out of range for num_users={self.num_users}")
+        self.implicit_indptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self.implicit_items = key - users * self.num_items
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # The implicit item list's length depends on the data; take the checkpoint's size.
+        key = prefix + "implicit_items"
+        if self.implicit_factors is not None and key in state_dict:
+            self.implicit_items = torch.empty_like(state_dict[key], device=self.implicit_items.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _implicit_term(self, user: Tensor) -> tuple[Tensor, Tensor]:
+        """SVD++ user term `(batch, width)` and the per-rating squared norm of its `y_j` rows."""
+        uniq, inverse = torch.unique(user.long(), return_inverse=True)
+        start = self.implicit_indptr[uniq]
+        length = self.implicit_indptr[uniq + 1] - start
+        segment = torch.repeat_interleave(length)
+        # Position of every (user, j) pair inside implicit_items, built without a Python loop.
+        first = torch.repeat_interleave(start - (length.cumsum(0) - length), length)
+        rows = self.implicit_factors(self.implicit_items[first + torch.arange(segment.numel(), device=user.device)])
+        width = rows.shape[1]
+        summed = rows.new_zeros(uniq.numel(), width).index_add(0, segment, rows)
+        term = summed * length.clamp(min=1).to(rows.dtype).rsqrt().unsqueeze(1)
+        sq = rows.view(-1, self.ensemble_size, self.embedding_dim).pow(2).sum(-1)
+        sq_per_user = rows.new_zeros(uniq.numel(), self.ensemble_size).index_add(0, segment, sq)
+        return term[inverse], sq_per_user[inverse]
+
+    def members(self, user: Tensor, item: Tensor, penalty: bool = False) -> MemberScores:
+        """Per-copy predictions and, with `penalty`, the squared norms of the rows they used.
+
+        In eval mode unseen users or items lose their terms (fallback); no clipping here.
+        Without `penalty` the squared norms are None (they cost two passes over the rows).
+        """
+        shape = (-1, self.ensemble_size, self.embedding_dim)
+        p = self.user_factors(user).view(shape)
+        q = self.item_factors(item).view(shape)
+        if self.implicit_factors is not None:
+            term, y_sq = self._implicit_term(user)
+            # The penalty applies to p_u itself, the y_j's carry their own (y_sq).
+            factor_sq = p.pow(2).sum(-1) + q.pow(2).sum(-1) + y_sq if penalty else None
+            p = p + term.view(shape)
+            raw = (self.dropout(p) * self.dropout(q)).sum(-1)
+        elif isinstance(self.dropout, nn.Dropout):
+            factor_sq = p.pow(2).sum(-1) + q.pow(2).sum(-1) if penalty else None
+            raw = (self.dropout(p) * self.dropout(q)).sum(-1)
+        else:
+            raw, factor_sq = _FactorProduct.apply(p, q, penalty)
+        bias_sq = None
+        if self.user_bias is not None and self.item_bias is not None:
+            b_u, b_i = self.user_bias(user), self.item_bias(item)
+            bias_sq = b_u.pow(2) + b_i.pow(2) if penalty else None
+        if not self.training:
+            user_seen = self.user_seen[user].unsqueeze(1)
+            item_seen = self.item_seen[item].unsqueeze(1)
+            raw = torch.where(user_seen & item_seen, raw, 0.0)
+            if self.user_bias is not None:
+                b_u, b_i = torch.where(user_seen, b_u, 0.0), torch.where(item_seen, b_i, 0.0)
+        if self.user_bias is not None:
+            raw = raw + b_u + b_i
+        raw = raw + self.offset
+        if self.output == "sigmoid":
+            raw = self.rating_min + (self.rating_max - self.rating_min) * torch.sigmoid(raw)
+        if penalty and bias_sq is None:
+            bias_sq = torch.zeros_like(raw)
+        return MemberScores(raw, factor_sq, bias_sq)
+
+    def forward(self, user: Tensor, item: Tensor, clip: bool | None = None) -> Tensor:
+        """Predicted ratings `(batch,)`: the mean over copies.
+
+        Args:
+            user: User indices (int32 or int64), shape `(batch,)`.
+            item: Item indices, same shape.
+            clip: Clip to the rating range; unset: clip in eval mode only (clipping in training
+                would zero the gradient of out-of-range predictions).
+        """
+        prediction = self.members(user, item).prediction.mean(1)
+        if clip if clip is not None else not self.training:
+            prediction = prediction.clamp(self.rating_min, self.rating_max)
+        return prediction
+
+
+def _check_args(num_users: int, num_items: int, rating_min: float, rating_max: float, global_mean: float,
+                embedding_dim: int, dropout: float, init: str, init_std: float, output: str,
+                ensemble_size: int) -> None:
+    """Reject settings a user can get wrong, naming the argument, what was expected and found."""
+    problems = []
+    if num_users < 1 or num_items < 1:
+        problems.append(f"num_users and num_items must be >= 1, got {num_users} and {num_items}")
+    if not rating_min < rating_max:
+        problems.append(f"rating_min must be below rating_max, got {rating_min} and {rating_max}")
+    elif not rating_min <= global_mean <= rating_max:
+        problems.append(f"global_mean must lie in [rating_min, rating_max] = [{rating_min}, {rating_max}], "
+                        f"got {global_mean}")
+    if embedding_dim < 1:
+        problems.append(f"embedding_dim must be >= 1, got {embedding_dim}")
+    if not 0.0 <= dropout < 1.0:
+        problems.append(f"dropout must be in [0, 1), got {dropout}")
+    if init not in ("xavier", "normal"):
+        problems.append(f"init must be 'xavier' or 'normal', got {init!r}")
+    if init_std <= 0:
+        problems.append(f"init_std must be > 0, got {init_std}")
+    if output not in ("linear", "sigmoid"):
+        problems.append(f"output must be 'linear' or 'sigmoid', got {output!r}")
+    if ensemble_size < 1:
+        problems.append(f"ensemble_size must be >= 1, got {ensemble_size}")
+    if problems:
+        raise ValueError("MatrixFactorization: " + "; ".join(problems))

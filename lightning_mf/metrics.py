@@ -54,7 +54,7 @@ class RankingMetrics(Metric):
         """Add a chunk holding whole users: their predicted scores and true ratings."""
         relevant = rating >= self.relevance_threshold
         for scorer, total in ((self._chunk_ndcg, "ndcg_sum"), (self._chunk_recall, "recall_sum")):
-            scorer.update(score, relevant, indexes=user)
+            scorer.update(score, relevant, indexes=user.long())
             setattr(self, total, getattr(self, total) + scorer.compute().double())
             scorer.reset()
         self.users += torch.unique(user[relevant]).numel()

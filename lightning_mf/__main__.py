@@ -1,0 +1,62 @@
+"""`python -m lightning_mf <command>` (also the `lightning-mf` script): routes to each command's parser.
+
+Commands are imported only when run, so `--help` is quick and DataLoader workers that re-import
+this module (spawn) load nothing heavy. A new command is one line in `COMMANDS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from lightning_mf.errors import DataError
+
+PROG = "python -m lightning_mf"
+
+# name -> ("module:function taking the remaining argv and returning an exit status", summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("lightning_mf.data.prepare_cli:main", "turn a ratings file or archive, or synthetic data, into a dataset"),
+    "fit": ("lightning_mf.cli:fit", "train a model: fit --config configs/quickstart.yaml"),
+    "validate": ("lightning_mf.cli:validate", "report val RMSE / MAE of a checkpoint (--ckpt_path)"),
+    "test": ("lightning_mf.cli:test", "report test RMSE / MAE of a checkpoint (--ckpt_path)"),
+    "predict": ("lightning_mf.cli:predict", "predict ratings of the test (or val) split with a checkpoint"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [
+        f"usage: {PROG} <command> [options]",
+        "",
+        "Matrix-factorization rating prediction on PyTorch Lightning.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()),
+        "",
+        f"`{PROG} <command> --help` lists a command's options.",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command named by the first argument; returns the exit status (2: bad input)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if args else sys.stderr)
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"{PROG}: unknown command {name!r}; expected one of: {', '.join(COMMANDS)}\n", file=sys.stderr)
+        print(usage(), file=sys.stderr)
+        return 2
+    module_name, function_name = COMMANDS[name][0].split(":")
+    command = getattr(importlib.import_module(module_name), function_name)
+    try:
+        return int(command(rest) or 0)
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""`RatingsDataModule`: a prepared dataset folder as Lightning dataloaders of `RatingBatch`."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import pyarrow.parquet as pq
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_mf.data.batch import RatingBatch
+from lightning_mf.data.options import PrepareOptions
+from lightning_mf.data.schema import ITEM, META_FILE, USER, DatasetMeta, split_file
+from lightning_mf.data.stream import EvalStream, TrainStream, unpack
+from lightning_mf.errors import DataError
+
+MultiprocessingContext = Literal["spawn", "forkserver", "fork"]
+
+
+def is_global_zero_from_env() -> bool:
+    """Whether this process is global rank 0, judged before any process group exists.
+
+    Reads torchrun's `RANK`, SLURM's `SLURM_PROCID`, or Lightning's launcher's `NODE_RANK` and
+    `LOCAL_RANK` (its rank 0 is the original process, which has neither).
+    """
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name):
+            return int(os.environ[name]) == 0
+    return int(os.environ.get("NODE_RANK") or 0) == 0 and int(os.environ.get("LOCAL_RANK") or 0) == 0
+
+
+def wait_for_meta(folder: Path, timeout: float, poll: float = 1.0) -> None:
+    """Blocks until `folder/meta.json` exists (rank 0 is preparing it), or raises after `timeout` s."""
+    path = folder / META_FILE
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        if time.monotonic() >= deadline:
+            raise DataError(
+                f"waited {timeout:g} s for {path}, which global rank 0 writes when it prepares the dataset; "
+                "see rank 0's error, raise data.prepare_timeout, or run `python -m lightning_mf prepare` first."
+            )
+        time.sleep(poll)
+
+
+class StreamLoader(DataLoader):
+    """A DataLoader over one of our streams: batches as they are (`batch_size=None`).
+
+    Workers send several batches per message (`PackedBatches`); iterating splits them back, so
+    `len()` and the batches are the same with or without workers. For training, each iteration
+    first moves the stream to the current epoch: Lightning calls `set_epoch` only on samplers,
+    which an IterableDataset does not have. The epoch comes from `epoch_of` (the trainer's) or,
+    when that returns None, from the number of iterations so far; the stream keeps it in shared
+    memory, so persistent workers see it too.
+    """
+
+    def __init__(
+        self, dataset: TrainStream | EvalStream, epoch_of: Callable[[], int | None] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(dataset, batch_size=None, **kwargs)
+        self._epoch_of = epoch_of
+        self._iterations = 0
+
+    def __iter__(self) -> Iterator[RatingBatch]:  # type: ignore[override]
+        if self._epoch_of is not None:
+            epoch = self._epoch_of()
+            self.dataset.set_epoch(self._iterations if epoch is None else epoch)  # type: ignore[union-attr]
+        self._iterations += 1
+        return unpack(super().__iter__())
+
+
+class RatingsDataModule(pl.LightningDataModule):
+    """Streams a prepared dataset folder (see `lightning_mf.data.schema`) as `RatingBatch` batches.
+
+    `meta.json` is read here, so `num_users`, `num_items`, `rating_min`, `rating_max` and
+    `global_mean` are known before the model is built (the CLI links them into it). Given `prepare`
+    options, the folder is prepared first if needed: by global rank 0, while the other ranks wait.
+
+    Training reshuffles row-group order and rows within `shuffle_window` every epoch and shards the
+    stream so every rating is seen once per epoch across ranks and workers, with equal batch counts
+    per rank (`lightning_mf.data.stream` explains the arithmetic). Validation, test and predict
+    stream their user-sorted files in order, in batches of whole users.
+
+    Args:
+        data_dir: The prepared dataset folder (created by `prepare` when `prepare` is given).
+        prepare: How to prepare `data_dir` if it is not prepared yet (`source`, split, filters...);
+            an existing folder prepared with the same options is reused. Unset: `data_dir` must
+            already be prepared.
+        batch_size: Training ratings per batch. The last batch of each epoch also takes the
+            remainder (up to `batch_size + 1` ratings) unless `drop_remainder` is set.
+        eval_batch_size: Target ratings per validation / test / predict batch; batches end on user
+            boundaries, so sizes vary by about one user's ratings.
+        shuffle_window: Training rows shuffled together each epoch (about 20 bytes per row; about
+            three windows are in memory at once). Larger mixes more, smaller saves memory.
+        drop_remainder: Make every training batch exactly `batch_size` by skipping, each epoch, the
+            fewer than `batch_size` (+1) ratings per rank that do not fill one (useful for
+            fixed-shape compilation).
+        num_workers: DataLoader worker processes per rank; 0 streams in the main process, where
+            reading already runs in background threads. Workers persist across epochs; with
+            `spawn`, a script that uses them needs the `if __name__ == "__main__":` guard.
+        multiprocessing_context: How workers start. `spawn` (default) starts clean interpreters,
+            immune to locks held by the parent's thread pools (polars, OpenMP); `forkserver`
+            likewise; `fork` starts faster but is only safe if the parent never ran polars.
+        pin_memory: Pin batches in page-locked memory for faster, asynchronous GPU copies.
+        seed: Base of the per-epoch shuffle; epoch e uses `seed + e`. Must be >= 0. Independent
+            of `seed_everything`, so the data order does not change with the model's seed.
+        predict_split: The split `predict` streams: `val` or `test`.
+        prepare_timeout: Seconds ranks other than 0 wait for rank 0 to prepare `data_dir`.
+    """
+
+    def __init__(
+        self,
+        data_dir: str,
+        prepare: PrepareOptions | None = None,
+        batch_size: int = 1024,
+        eval_batch_size: int = 65_536,
+        shuffle_window: int = 262_144,
+        drop_remainder: bool = False,
+        num_workers: int = 0,
+        multiprocessing_context: MultiprocessingContext = "spawn",
+        pin_memory: bool = False,
+        seed: int = 42,
+        predict_split: Literal["val", "test"] = "test",
+        prepare_timeout: float = 3600.0,
+    ) -> None:
+        super().__init__()
+        for name, value, low in [
+            ("batch_size", batch_size, 1),
+            ("eval_batch_size", eval_batch_size, 1),
+            ("shuffle_window", shuffle_window, 1),
+            ("num_workers", num_workers, 0),
+            ("seed", seed, 0),
+        ]:
+            if value < low:
+                raise DataError(f"data.{name} must be >= {low}, found {value}")
+        if multiprocessing_context not in ("spawn", "forkserver", "fork"):
+            raise DataError(
+                f"data.multiprocessing_context must be spawn, forkserver or fork, found {multiprocessing_context!r}"
+            )
+        if predict_split not in ("val", "test"):
+            raise DataError(f"data.predict_split must be 'val' or 'test', found {predict_split!r}")
+        if isinstance(prepare, dict):  # as stored in a checkpoint's hyperparameters
+            prepare = PrepareOptions(**prepare)
+        self.save_hyperparameters()
+        if prepare is not None:  # plain values, so checkpoints load with torch.load(weights_only=True)
+            self.hparams["prepare"] = prepare.as_dict()
+        self.data_dir = Path(data_dir)
+        self.prepare = prepare
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.shuffle_window, self.drop_remainder, self.seed = shuffle_window, drop_remainder, seed
+        self.num_workers, self.multiprocessing_context = num_workers, multiprocessing_context
+        self.pin_memory, self.predict_split = pin_memory, predict_split
+        # One preparer for all nodes: data_dir must be on storage every node sees.
+        self.prepare_data_per_node = False
+        self._prepared = False
+        if prepare is not None:
+            if is_global_zero_from_env():
+                self.prepare_data()
+            else:
+                wait_for_meta(self.data_dir, prepare_timeout)
+        try:
+            self.meta = DatasetMeta.load(self.data_dir)
+        except (FileNotFoundError, ValueError) as error:
+            raise DataError(str(error)) from error
+
+    @property
+    def num_users(self) -> int:
+        return self.meta.num_users
+
+    @property
+    def num_items(self) -> int:
+        return self.meta.num_items
+
+    @property
+    def rating_min(self) -> float:
+        """Lowest rating of the dataset's scale (not of the data); predictions are clipped to it."""
+        return float(self.meta.rating_scale.min)
+
+    @property
+    def rating_max(self) -> float:
+        return float(self.meta.rating_scale.max)
+
+    @property
+    def global_mean(self) -> float:
+        """Mean training rating."""
+        return float(self.meta.rating["mean"])
+
+    def prepare_data(self) -> None:
+        """Runs `prepare` into `data_dir` once (it reuses a finished folder with the same options)."""
+        if self.prepare is None or self._prepared:
+            return
+        from lightning_mf.data.prepare import prepare_dataset  # imports polars; not needed otherwise
+
+        prepare_dataset(self.prepare, self.data_dir)
+        self._prepared = True
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
+
+    def _trainer_epoch(self) -> int | None:
+        return None if self.trainer is None else self.trainer.current_epoch
+
+    def _loader_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
+        if self.num_workers > 0:
+            options.update(multiprocessing_context=self.multiprocessing_context, persistent_workers=True)
+        return options
+
+    def train_stream(self) -> TrainStream:
+        """This rank's training stream."""
+        rank, world_size = self._rank_and_world()
+        path = self.data_dir / split_file("train")
+        stream = TrainStream(
+            path, self.batch_size, self.shuffle_window, self.seed, rank, world_size, self.drop_remainder
+        )
+        expected = self.meta.rows("train")
+        if stream.num_rows != expected:
+            raise DataError(
+                f"{path} holds {stream.num_rows} rows but {self.data_dir / META_FILE} says {expected}; "
+                "the folder is inconsistent: re-run `prepare` with --force."
+            )
+        return stream
+
+    def eval_stream(self, split: Literal["val", "test"]) -> EvalStream:
+        """This rank's stream of an evaluation split."""
+        rank, world_size = self._rank_and_world()
+        return EvalStream(self.data_dir / split_file(split), self.eval_batch_size, rank, world_size)
+
+    def train_interactions(self) -> tuple[Tensor, Tensor]:
+        """User and item indices of every training rating, in file order (for SVD++'s N(u)).
+
+        Reads the two columns whole: 8 bytes per training rating.
+        """
+        table = pq.read_table(self.data_dir / split_file("train"), columns=[USER, ITEM])
+        user, item = (torch.from_numpy(table.column(name).to_numpy().copy()) for name in (USER, ITEM))
+        return user, item
+
+    def train_dataloader(self) -> DataLoader:
+        return StreamLoader(self.train_stream(), self._trainer_epoch, **self._loader_options())
+
+    def val_dataloader(self) -> DataLoader:
+        return StreamLoader(self.eval_stream("val"), **self._loader_options())
+
+    def test_dataloader(self) -> DataLoader:
+        return StreamLoader(self.eval_stream("test"), **self._loader_options())
+
+    def predict_dataloader(self) -> DataLoader:
+        return StreamLoader(self.eval_stream(self.predict_split), **self._loader_options())

@@ -1,0 +1,408 @@
+"""Parquet split -> `RatingBatch` streams: epoch shuffling, DDP / worker sharding, exact lengths.
+
+The training epoch is one fixed sequence of all N training ratings, defined by `seed + epoch`:
+
+1. the row groups of `train.parquet` are concatenated in a permuted order;
+2. that sequence is cut into shuffle windows of `shuffle_window` consecutive positions (aligned at
+   position 0) and the rows inside each window are permuted.
+
+Every reader (a DDP rank, or a DataLoader worker of a rank) takes a contiguous range of that
+sequence, reads only the windows overlapping it and slices its rows out. A rating therefore sits at
+exactly one position, and positions are partitioned, so each rating is seen exactly once per epoch
+across all ranks and workers. Windows are prepared by background threads, two ahead of the one
+being consumed, so memory is bounded by about three windows plus one row group, whatever the
+dataset's size. A batch's content depends on `seed`, `epoch`, the world size and `batch_size`,
+not on the number of workers (only the order in which workers' batches arrive does).
+
+Sharding arithmetic (N ratings, W ranks, batch size B, K workers per rank):
+
+- rank r owns positions `[r*N//W, (r+1)*N//W)`; sizes differ by at most one;
+- every rank yields the same M batches: `M = ceil(floor(N/W) / B)`. The first M-1 batches hold
+  exactly B ratings, the last one the rest of the rank's slice, between 1 and B+1 ratings (B+1 only
+  on the ranks that own one extra rating). With `drop_remainder`, `M = floor(floor(N/W) / B)` and
+  every batch holds exactly B ratings; the at most B-1 (+1) ratings after them are skipped for this
+  epoch (different ones every epoch, since the order changes);
+- worker k of a rank yields the contiguous block of batches `[k*M//K, (k+1)*M//K)`, several
+  batches per message (`PackedBatches`); the DataLoader interleaves the workers' messages and
+  `unpack` splits them again, so `len()` is exactly M.
+
+Evaluation files are sorted by user, so their streams cut on user boundaries: the file is split into
+W shards at the first user start at or after `r*N//W`, and each shard into batches at the first user
+start at or after every multiple of `eval_batch_size`. Each eval batch therefore holds whole users;
+batch sizes vary by about one user's ratings, and ranks may differ by a batch (evaluation only
+synchronizes at epoch end).
+
+This module must stay importable without polars: DataLoader workers unpickle these datasets, and
+polars' thread pool is not fork-safe. It uses pyarrow and numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from lightning_mf.data.batch import RatingBatch
+from lightning_mf.errors import DataError
+
+# Column names of the dataset contract (lightning_mf.data.schema, which imports polars; a test
+# keeps the two in step).
+USER, ITEM, RATING = "user", "item", "rating"
+COLUMNS = (USER, ITEM, RATING)
+_DTYPES = {USER: pa.int32(), ITEM: pa.int32(), RATING: pa.float32()}
+
+Columns = tuple[np.ndarray, np.ndarray, np.ndarray]
+# Ratings per message from a DataLoader worker (see PackedBatches).
+_PACK_ROWS = 262_144
+# Shuffle windows prepared ahead of the consumer; memory holds about this many windows plus one.
+_READ_AHEAD = 2
+
+
+def shard_bounds(num_rows: int, world_size: int, rank: int) -> tuple[int, int]:
+    """The contiguous range of epoch positions owned by `rank`; sizes differ by at most one."""
+    return rank * num_rows // world_size, (rank + 1) * num_rows // world_size
+
+
+def batches_per_rank(num_rows: int, world_size: int, batch_size: int, drop_remainder: bool) -> int:
+    """Number of training batches every rank yields per epoch (see the module docstring)."""
+    smallest = num_rows // world_size
+    return smallest // batch_size if drop_remainder else math.ceil(smallest / batch_size)
+
+
+def worker_block(num_batches: int, num_workers: int, worker_id: int) -> tuple[int, int]:
+    """The contiguous block of a rank's batch indices that one DataLoader worker yields."""
+    return worker_id * num_batches // num_workers, (worker_id + 1) * num_batches // num_workers
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class PackedBatches(NamedTuple):
+    """Consecutive batches of one DataLoader worker, sent to the main process as one message.
+
+    Every tensor crossing processes costs a shared-memory handle and a file-descriptor transfer
+    (about a millisecond), so workers send about `_PACK_ROWS` ratings at a time and the loader
+    splits them back (`unpack`) into the batches they were.
+    """
+
+    user: torch.Tensor
+    item: torch.Tensor
+    rating: torch.Tensor
+    sizes: torch.Tensor
+
+    def unpack(self) -> Iterator[RatingBatch]:
+        sizes = self.sizes.tolist()
+        parts = (column.split(sizes) for column in (self.user, self.item, self.rating))
+        return (RatingBatch(*batch) for batch in zip(*parts))
+
+
+def unpack(items: Iterator[RatingBatch | PackedBatches]) -> Iterator[RatingBatch]:
+    """The batches of a DataLoader's output, with `PackedBatches` split back into batches."""
+    for item in items:
+        if isinstance(item, PackedBatches):
+            yield from item.unpack()
+        else:
+            yield item
+
+
+def _for_transport(batches: Iterator[RatingBatch]) -> Iterator[RatingBatch | PackedBatches]:
+    """Batches as they are in the main process; packed when this runs in a DataLoader worker."""
+    if get_worker_info() is None:
+        yield from batches
+        return
+    group: list[RatingBatch] = []
+    rows = 0
+    for batch in batches:
+        group.append(batch)
+        rows += len(batch.rating)
+        if rows >= _PACK_ROWS:
+            yield _pack(group)
+            group, rows = [], 0
+    if group:
+        yield _pack(group)
+
+
+def _pack(group: list[RatingBatch]) -> PackedBatches:
+    columns = (torch.cat([batch[i] for batch in group]) for i in range(3))
+    return PackedBatches(*columns, torch.tensor([len(batch.rating) for batch in group]))
+
+
+def _check_schema(path: Path, schema: pa.Schema) -> None:
+    for name, dtype in _DTYPES.items():
+        index = schema.get_field_index(name)
+        if index < 0:
+            raise DataError(f"{path}: column {name!r} is missing (found {schema.names}); re-run `prepare`.")
+        found = schema.field(index).type
+        if found != dtype:
+            raise DataError(f"{path}: column {name!r} must be {dtype}, found {found}; re-run `prepare`.")
+
+
+def _open(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (OSError, pa.ArrowInvalid) as error:
+        raise DataError(f"{path}: cannot read as Parquet ({error}); re-run `prepare`.") from error
+
+
+class _RowReader:
+    """Reads rows `[start, stop)` of the concatenation of a file's row groups in a given order.
+
+    The last few row groups read are kept: neighbouring windows (prepared in parallel) and
+    batches share the groups at their boundaries. Safe to call from several threads: file access
+    is serialized, the rest runs without the GIL.
+    """
+
+    _CACHED_GROUPS = 3
+
+    def __init__(self, path: Path, group_sizes: np.ndarray, order: np.ndarray) -> None:
+        self._file = pq.ParquetFile(path)
+        self._order = order
+        self._offsets = np.concatenate(([0], np.cumsum(group_sizes[order])))
+        self._cache: dict[int, Columns] = {}
+        self._lock = threading.Lock()
+
+    def _group(self, slot: int) -> Columns:
+        with self._lock:
+            if slot not in self._cache:
+                table = self._file.read_row_group(int(self._order[slot]), columns=list(COLUMNS))
+                if len(self._cache) >= self._CACHED_GROUPS:
+                    del self._cache[min(self._cache)]  # requests move forward: drop the earliest
+                self._cache[slot] = tuple(table.column(name).to_numpy() for name in COLUMNS)  # type: ignore[assignment]
+            return self._cache[slot]
+
+    def read(self, start: int, stop: int) -> Columns:
+        first = int(np.searchsorted(self._offsets, start, side="right")) - 1
+        last = int(np.searchsorted(self._offsets, stop, side="left"))
+        parts: list[Columns] = []
+        for slot in range(first, last):
+            lo, hi = self._offsets[slot], self._offsets[slot + 1]
+            columns = self._group(slot)
+            a, b = max(start, lo) - lo, min(stop, hi) - lo
+            parts.append(tuple(column[a:b] for column in columns))  # type: ignore[arg-type]
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(np.concatenate([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+def _tensor(column: np.ndarray) -> torch.Tensor:
+    # Arrow's zero-copy arrays are read-only; torch cannot express that, so those are copied.
+    writable = column.flags.writeable and column.flags.c_contiguous
+    return torch.from_numpy(column if writable else column.copy())
+
+
+def _rebatch(chunks: Iterator[Columns], sizes: list[int]) -> Iterator[RatingBatch]:
+    """Cuts a stream of contiguous column chunks into batches of the given sizes.
+
+    Batches inside a chunk are views made by one `split` per column; only a batch straddling two
+    chunks is copied.
+    """
+    ends = np.cumsum(sizes)
+    index = 0  # next batch to yield
+    received = 0  # stream rows received so far
+    carry: list[tuple[torch.Tensor, ...]] = []
+    for chunk in chunks:
+        tensors = tuple(_tensor(column) for column in chunk)
+        start, received = received, received + len(chunk[0])
+        at = 0  # rows of this chunk already yielded
+        if carry:
+            if ends[index] > received:
+                carry.append(tensors)
+                continue
+            at = int(ends[index]) - start
+            parts = [*carry, tuple(t[:at] for t in tensors)]
+            yield RatingBatch(*(torch.cat([part[i] for part in parts]) for i in range(3)))
+            carry, index = [], index + 1
+        last = int(np.searchsorted(ends, received, side="right"))  # batches ending in this chunk
+        if last > index:
+            stop = int(ends[last - 1]) - start
+            pieces = (t[at:stop].split(sizes[index:last]) for t in tensors)
+            yield from (RatingBatch(*batch) for batch in zip(*pieces))
+            at, index = stop, last
+        if at < len(chunk[0]):
+            carry.append(tuple(t[at:] for t in tensors))
+    if index != len(sizes) or carry:
+        raise RuntimeError(f"stream ended after {index} of {len(sizes)} batches")
+
+
+class TrainStream(IterableDataset):
+    """The training split as an epoch-shuffled, sharded stream of `RatingBatch` (module docstring).
+
+    Args:
+        path: `train.parquet` of a prepared dataset.
+        batch_size: Ratings per batch (the last batch of an epoch may differ, see the module).
+        shuffle_window: Rows permuted together; bounds memory to about 20 bytes per row.
+        seed: Base seed; epoch e uses `seed + e`.
+        rank: This process's DDP rank.
+        world_size: Number of DDP processes.
+        drop_remainder: Skip the ratings that do not fill a whole batch instead of growing the
+            last batch.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        batch_size: int,
+        shuffle_window: int,
+        seed: int = 42,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_remainder: bool = False,
+    ) -> None:
+        super().__init__()
+        self.path = Path(path)
+        metadata = _open(self.path).metadata
+        _check_schema(self.path, metadata.schema.to_arrow_schema())
+        self.group_sizes = np.array([metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)])
+        self.num_rows = int(self.group_sizes.sum())
+        self.batch_size, self.shuffle_window, self.seed = batch_size, shuffle_window, seed
+        self.rank, self.world_size, self.drop_remainder = rank, world_size, drop_remainder
+        self.num_batches = batches_per_rank(self.num_rows, world_size, batch_size, drop_remainder)
+        if self.num_batches == 0:
+            raise DataError(
+                f"{self.path}: {self.num_rows} training ratings give no batch of {batch_size} on each of "
+                f"{world_size} rank(s); lower batch_size or the number of devices, or disable drop_remainder."
+            )
+        # Shared memory, so persistent DataLoader workers see the epoch set in the main process.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose order the next iteration yields."""
+        self._epoch[0] = epoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def batch_sizes(self, first: int, last: int) -> np.ndarray:
+        """Sizes of this rank's batches `[first, last)`."""
+        sizes = np.full(last - first, self.batch_size, dtype=np.int64)
+        if not self.drop_remainder and last == self.num_batches and last > first:
+            start, stop = shard_bounds(self.num_rows, self.world_size, self.rank)
+            sizes[-1] = stop - start - (self.num_batches - 1) * self.batch_size
+        return sizes
+
+    def __iter__(self) -> Iterator[RatingBatch | PackedBatches]:
+        worker_id, num_workers = _worker()
+        first, last = worker_block(self.num_batches, num_workers, worker_id)
+        if first == last:
+            return iter(())
+        sizes = self.batch_sizes(first, last)
+        start = shard_bounds(self.num_rows, self.world_size, self.rank)[0] + first * self.batch_size
+        stop = start + int(sizes.sum())
+        return _for_transport(_rebatch(self._chunks(self.epoch, start, stop), sizes.tolist()))
+
+    def _chunks(self, epoch: int, start: int, stop: int) -> Iterator[Columns]:
+        """The shuffled rows of epoch positions `[start, stop)`, one chunk per shuffle window.
+
+        Windows are prepared `_READ_AHEAD` at a time in threads: pyarrow decoding, numpy's
+        permutation and gathers release the GIL, so they overlap each other and the training step.
+        """
+        seed = self.seed + epoch
+        order = np.random.default_rng([seed, 0]).permutation(len(self.group_sizes))
+        reader = _RowReader(self.path, self.group_sizes, order)
+        window = self.shuffle_window
+        windows = iter(range(start // window, (stop - 1) // window + 1))
+
+        def prepare(index: int) -> Columns:
+            lo, hi = index * window, min((index + 1) * window, self.num_rows)
+            rows = reader.read(lo, hi)
+            permutation = np.random.default_rng([seed, 1, index]).permutation(hi - lo)
+            a, b = max(start, lo) - lo, min(stop, hi) - lo
+            if (a, b) != (0, hi - lo):
+                permutation = permutation[a:b]
+            return tuple(column[permutation] for column in rows)  # type: ignore[return-value]
+
+        with ThreadPoolExecutor(_READ_AHEAD, thread_name_prefix="lightning_mf-stream") as pool:
+            pending = deque(pool.submit(prepare, index) for index in islice(windows, _READ_AHEAD))
+            try:
+                while pending:
+                    chunk = pending.popleft().result()
+                    pending.extend(pool.submit(prepare, index) for index in islice(windows, 1))
+                    yield chunk
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+def user_starts(users: np.ndarray) -> np.ndarray:
+    """Row positions where a new user begins in a user-sorted column, plus the end position."""
+    change = np.flatnonzero(users[1:] != users[:-1]) + 1
+    return np.concatenate(([0], change, [len(users)])).astype(np.int64)
+
+
+def _first_at_or_after(starts: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    return starts[np.searchsorted(starts, targets, side="left")]
+
+
+def eval_plan(starts: np.ndarray, batch_size: int, world_size: int, rank: int) -> np.ndarray:
+    """Batch boundaries (row positions) of one rank's shard of a user-sorted split.
+
+    Args:
+        starts: `user_starts` of the split (ends with the row count).
+        batch_size: Target rows per batch; batches end at the first user start at or after it.
+        world_size: Number of DDP processes.
+        rank: This process's rank.
+    """
+    rows = int(starts[-1])
+    lo, hi = _first_at_or_after(starts, np.array(shard_bounds(rows, world_size, rank)))
+    targets = np.arange(lo + batch_size, hi, batch_size)
+    return np.unique(np.concatenate(([lo], _first_at_or_after(starts, targets), [hi])))
+
+
+class EvalStream(IterableDataset):
+    """A user-sorted evaluation split streamed in order, in batches of whole users, sharded by rank.
+
+    Args:
+        path: `val.parquet` or `test.parquet` of a prepared dataset.
+        batch_size: Target ratings per batch; each batch ends at a user boundary.
+        rank: This process's DDP rank.
+        world_size: Number of DDP processes.
+    """
+
+    def __init__(self, path: str | Path, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__()
+        self.path = Path(path)
+        parquet = _open(self.path)
+        _check_schema(self.path, parquet.schema_arrow)
+        users = parquet.read(columns=[USER]).column(USER).to_numpy()
+        if len(users) and np.any(users[1:] < users[:-1]):
+            row = int(np.flatnonzero(users[1:] < users[:-1])[0]) + 1
+            raise DataError(f"{self.path}: rows must be sorted by user, but row {row} goes back; re-run `prepare`.")
+        starts = user_starts(users)
+        self.bounds = eval_plan(starts, batch_size, world_size, rank)
+        if len(users) and len(self.bounds) < 2:
+            raise DataError(
+                f"{self.path}: its {len(starts) - 1} users ({len(users)} rows) cannot be split on user "
+                f"boundaries into {world_size} non-empty shards; use fewer devices."
+            )
+        metadata = parquet.metadata
+        self.group_sizes = np.array([metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)])
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def __iter__(self) -> Iterator[RatingBatch | PackedBatches]:
+        worker_id, num_workers = _worker()
+        first, last = worker_block(len(self), num_workers, worker_id)
+        if first == last:
+            return iter(())
+        bounds = self.bounds[first : last + 1]
+        reader = _RowReader(self.path, self.group_sizes, np.arange(len(self.group_sizes)))
+        chunks = (reader.read(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]))
+        return _for_transport(_rebatch(chunks, np.diff(bounds).tolist()))

@@ -1,0 +1,112 @@
+"""The command line, driven like a user would: `python -m lightning_mf ...` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO_ROOT / "configs" / "quickstart.yaml"
+# The quickstart config, shrunk to seconds: a small synthetic set and two short epochs.
+SMALL = [
+    "--data.prepare.rows", "20000", "--data.prepare.users", "400", "--data.prepare.items", "300",
+    "--data.batch_size", "1024", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
+]
+
+
+def run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_mf", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_help_lists_every_command(tmp_path: Path) -> None:
+    result = run(["--help"], tmp_path)
+    assert result.returncode == 0
+    for command in ("prepare", "fit", "validate", "test", "predict"):
+        assert f"\n  {command} " in result.stdout
+    assert run([], tmp_path).returncode == 2
+    unknown = run(["train"], tmp_path)
+    assert unknown.returncode == 2 and "unknown command 'train'" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_subcommand_help_and_print_config(tmp_path: Path) -> None:
+    assert "--data.shuffle_window" in run(["fit", "--help"], tmp_path).stdout
+    result = run(["fit", "--config", str(QUICKSTART), "--print_config"], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = yaml.safe_load(result.stdout)
+    assert config["data"]["prepare"]["source"] == "synthetic"
+    assert config["checkpoint"]["monitor"] == "val/rmse" and config["checkpoint"]["save_last"] is True
+    assert config["trainer"]["logger"]["init_args"]["save_dir"] == "runs"
+    # Sizes are linked from the data at instantiation, never written into the config.
+    assert "num_users" not in config["model"]
+    assert not (tmp_path / "data").exists(), "--print_config must not prepare data"
+
+
+def test_prepare_is_routed(tmp_path: Path) -> None:
+    result = run(["prepare", "--help"], tmp_path)
+    assert result.returncode == 0 and "--source" in result.stdout
+
+
+def test_bad_data_dir_exits_2_with_a_message(tmp_path: Path) -> None:
+    result = run(["fit", "--data.data_dir", str(tmp_path / "nowhere"), "--trainer.logger", "false"], tmp_path)
+    assert result.returncode == 2
+    assert "error: " in result.stderr and "is not a prepared dataset folder" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working folder of one quickstart `fit`: data/quickstart and runs/quickstart/version_0."""
+    cwd = tmp_path_factory.mktemp("quickstart")
+    result = run(["fit", "--config", str(QUICKSTART), *SMALL], cwd)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return cwd
+
+
+@pytest.mark.slow
+def test_fit_writes_checkpoints_config_and_curves(fitted: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = fitted / "runs" / "quickstart" / "version_0"
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    assert "last.ckpt" in checkpoints and any(name.startswith("epoch") and "val_rmse" in name for name in checkpoints)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["data"]["data_dir"] == "data/quickstart" and saved["trainer"]["max_epochs"] == 2
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    for tag in ("train/loss", "val/loss", "val/rmse"):
+        assert tag in scalars
+    assert len(events.Scalars("train/loss")) == 2 and len(events.Scalars("val/loss")) == 2
+
+
+@pytest.mark.slow
+def test_test_reports_rmse_and_predict_writes_parquet(fitted: Path) -> None:
+    checkpoint = fitted / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    result = run(["test", "--config", str(QUICKSTART), *SMALL, "--ckpt_path", str(checkpoint)], fitted)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "test/rmse" in result.stdout
+    out = fitted / "predictions.parquet"
+    result = run(["predict", "--config", str(QUICKSTART), *SMALL, "--ckpt_path", str(checkpoint),
+                  "--predictions.path", str(out)], fitted)
+    assert result.returncode == 0, result.stderr[-4000:]
+    table = pq.read_table(out)
+    assert table.column_names == ["user", "item", "rating", "prediction"] and table.num_rows > 0
+
+
+@pytest.mark.slow
+def test_bf16_mixed_precision_runs_on_cpu(fitted: Path) -> None:
+    args = ["fit", "--config", str(QUICKSTART), *SMALL, "--trainer.max_epochs", "1",
+            "--trainer.precision", "bf16-mixed", "--trainer.logger.init_args.name", "bf16"]
+    result = run(args, fitted)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert (fitted / "runs" / "bf16" / "version_0" / "checkpoints" / "last.ckpt").is_file()

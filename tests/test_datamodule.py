@@ -185,3 +185,16 @@ def test_train_interactions_are_all_training_pairs(tmp_path: Path) -> None:
     user, item = RatingsDataModule(str(tmp_path)).train_interactions()
     assert user.dtype == item.dtype and len(user) == 300
     assert sorted(zip(user.tolist(), item.tolist())) == train_pairs(tmp_path)
+
+
+def test_data_dir_defaults_to_a_folder_named_by_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    small = PrepareOptions(source="synthetic", rows=3_000, users=100, items=80)
+    first = RatingsDataModule(prepare=small)
+    again = RatingsDataModule(prepare=small)
+    other = RatingsDataModule(prepare=PrepareOptions(source="synthetic", rows=3_000, users=100, items=80, seed=1))
+    assert first.data_dir == again.data_dir and first.data_dir != other.data_dir
+    assert first.data_dir.parent == Path("data/prepared") and first.data_dir.name.startswith("synthetic-movielens-")
+    assert (first.data_dir / "meta.json").is_file() and first.num_users == 100
+    with pytest.raises(DataError, match="give data.data_dir"):
+        RatingsDataModule()

@@ -21,6 +21,7 @@ from lightning_mf.data.stream import EvalStream, TrainStream, unpack
 from lightning_mf.errors import DataError
 
 MultiprocessingContext = Literal["spawn", "forkserver", "fork"]
+PREPARED_ROOT = Path("data/prepared")
 
 
 def is_global_zero_from_env() -> bool:
@@ -46,6 +47,19 @@ def wait_for_meta(folder: Path, timeout: float, poll: float = 1.0) -> None:
                 "see rank 0's error, raise data.prepare_timeout, or run `python -m lightning_mf prepare` first."
             )
         time.sleep(poll)
+
+
+def default_data_dir(prepare: PrepareOptions | None, root: Path = PREPARED_ROOT) -> Path:
+    """Where a dataset made from `prepare` lives when no `data_dir` is given: named by content."""
+    if prepare is None:
+        raise DataError("give data.data_dir (a prepared folder), or data.prepare to build one")
+    from lightning_mf.data.prepare import fingerprint_of
+
+    if prepare.source == "synthetic":
+        label = f"synthetic-{prepare.synthetic_kind}"
+    else:
+        label = Path(prepare.source).name.removesuffix(".zip") or "dataset"
+    return root / f"{label}-{fingerprint_of(prepare)[:12]}"
 
 
 class StreamLoader(DataLoader):
@@ -88,6 +102,8 @@ class RatingsDataModule(pl.LightningDataModule):
 
     Args:
         data_dir: The prepared dataset folder (created by `prepare` when `prepare` is given).
+            Unset with `prepare` given: `data/prepared/<source>-<fingerprint>`, one folder per
+            distinct source and options, so configs that differ only in data never collide.
         prepare: How to prepare `data_dir` if it is not prepared yet (`source`, split, filters...);
             an existing folder prepared with the same options is reused. Unset: `data_dir` must
             already be prepared.
@@ -115,7 +131,7 @@ class RatingsDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | None = None,
         prepare: PrepareOptions | None = None,
         batch_size: int = 1024,
         eval_batch_size: int = 65_536,
@@ -149,7 +165,7 @@ class RatingsDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         if prepare is not None:  # plain values, so checkpoints load with torch.load(weights_only=True)
             self.hparams["prepare"] = prepare.as_dict()
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir(prepare)
         self.prepare = prepare
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.shuffle_window, self.drop_remainder, self.seed = shuffle_window, drop_remainder, seed

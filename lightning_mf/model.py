@@ -31,19 +31,22 @@ class MemberScores(NamedTuple):
 
     Attributes:
         prediction: Predicted ratings, neither clipped nor replaced by the unseen fallback.
-        factor_sq: Squared L2 norm of the factor rows looked up for each rating (user, item
-            and, with implicit feedback, every `y_j` of the user's item set); None unless asked.
+        factor_sq: Squared L2 norms of the user and item factor rows looked up for each rating,
+            each times its row weight (`w_u |p_u|^2 + w_i |q_i|^2`); None unless asked.
         bias_sq: Squared user and item biases looked up for each rating (zero without biases);
             None unless asked.
+        implicit_sq: With implicit feedback, the squared norm of the SVD++ user term
+            `|N(u)|^-1/2 sum_j y_j`; zero without it; None unless asked.
     """
 
     prediction: Tensor
     factor_sq: Tensor | None
     bias_sq: Tensor | None
+    implicit_sq: Tensor | None = None
 
 
 class _FactorProduct(torch.autograd.Function):
-    """`sum(p * q)` and, if asked, `|p|^2 + |q|^2` over the last dim, with a fused backward.
+    """`sum(p * q)` and, if asked, `w_p |p|^2 + w_q |q|^2` over the last dim, with a fused backward.
 
     Autograd would build the penalty's gradient and the product's separately and add them: three
     extra passes over batch-sized tensors. Here each factor's gradient is one multiply plus one
@@ -51,9 +54,12 @@ class _FactorProduct(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, p: Tensor, q: Tensor, with_sq: bool) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        ctx: Any, p: Tensor, q: Tensor, with_sq: bool, p_weight: Tensor | None, q_weight: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(p, q)
+        ctx.weights = (p_weight, q_weight)
         if p.device.type == "cpu":
             # On CPU a batched 1 x d by d x 1 product reads p and q once, with no temporary (a
             # third faster); autocast off keeps it in the factors' precision like the sum below.
@@ -63,20 +69,30 @@ class _FactorProduct(torch.autograd.Function):
             dot = (p * q).sum(-1)
         if not with_sq:
             return dot, None
-        sq = torch.linalg.vector_norm(p, dim=-1).square_() + torch.linalg.vector_norm(q, dim=-1).square_()
-        return dot, sq
+        p_sq = torch.linalg.vector_norm(p, dim=-1).square_()
+        q_sq = torch.linalg.vector_norm(q, dim=-1).square_()
+        return dot, _weighted(p_sq, p_weight) + _weighted(q_sq, q_weight)
 
     @staticmethod
-    def backward(ctx: Any, grad_dot: Tensor | None, grad_sq: Tensor | None) -> tuple[Tensor | None, Tensor | None, None]:
+    def backward(
+        ctx: Any, grad_dot: Tensor | None, grad_sq: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
         p, q = ctx.saved_tensors
         grad_p = grad_q = None
         if grad_dot is not None:
             grad_p, grad_q = q * grad_dot.unsqueeze(-1), p * grad_dot.unsqueeze(-1)
         if grad_sq is not None:
-            twice = 2.0 * grad_sq.unsqueeze(-1)
-            grad_p = p * twice if grad_p is None else grad_p.addcmul_(p, twice)
-            grad_q = q * twice if grad_q is None else grad_q.addcmul_(q, twice)
-        return grad_p, grad_q, None
+            p_weight, q_weight = ctx.weights
+            twice_p = 2.0 * _weighted(grad_sq, p_weight).unsqueeze(-1)
+            twice_q = 2.0 * _weighted(grad_sq, q_weight).unsqueeze(-1)
+            grad_p = p * twice_p if grad_p is None else grad_p.addcmul_(p, twice_p)
+            grad_q = q * twice_q if grad_q is None else grad_q.addcmul_(q, twice_q)
+        return grad_p, grad_q, None, None, None
+
+
+def _weighted(values: Tensor, weight: Tensor | None) -> Tensor:
+    """`values` `(batch, copies)` times a per-rating weight `(batch,)`, if there is one."""
+    return values if weight is None else values * weight.unsqueeze(1)
 
 
 class MatrixFactorization(nn.Module):
@@ -205,8 +221,8 @@ class MatrixFactorization(nn.Module):
             self.implicit_items = torch.empty_like(state_dict[key], device=self.implicit_items.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _implicit_term(self, user: Tensor) -> tuple[Tensor, Tensor]:
-        """SVD++ user term `(batch, width)` and the per-rating squared norm of its `y_j` rows."""
+    def _implicit_term(self, user: Tensor) -> Tensor:
+        """SVD++ user term `|N(u)|^-1/2 sum_{j in N(u)} y_j`, shape `(batch, width)`."""
         uniq, inverse = torch.unique(user.long(), return_inverse=True)
         start = self.implicit_indptr[uniq]
         length = self.implicit_indptr[uniq + 1] - start
@@ -217,30 +233,43 @@ class MatrixFactorization(nn.Module):
         width = rows.shape[1]
         summed = rows.new_zeros(uniq.numel(), width).index_add(0, segment, rows)
         term = summed * length.clamp(min=1).to(rows.dtype).rsqrt().unsqueeze(1)
-        sq = rows.view(-1, self.ensemble_size, self.embedding_dim).pow(2).sum(-1)
-        sq_per_user = rows.new_zeros(uniq.numel(), self.ensemble_size).index_add(0, segment, sq)
-        return term[inverse], sq_per_user[inverse]
+        return term[inverse]
 
-    def members(self, user: Tensor, item: Tensor, penalty: bool = False) -> MemberScores:
+    def members(
+        self,
+        user: Tensor,
+        item: Tensor,
+        penalty: bool = False,
+        user_weight: Tensor | None = None,
+        item_weight: Tensor | None = None,
+    ) -> MemberScores:
         """Per-copy predictions and, with `penalty`, the squared norms of the rows they used.
 
         In eval mode unseen users or items lose their terms (fallback); no clipping here.
         Without `penalty` the squared norms are None (they cost two passes over the rows).
+        `user_weight` / `item_weight` `(batch,)` scale each rating's `|p_u|^2` / `|q_i|^2`.
         """
         shape = (-1, self.ensemble_size, self.embedding_dim)
         p = self.user_factors(user).view(shape)
         q = self.item_factors(item).view(shape)
+        implicit_sq = None
         if self.implicit_factors is not None:
-            term, y_sq = self._implicit_term(user)
-            # The penalty applies to p_u itself, the y_j's carry their own (y_sq).
-            factor_sq = p.pow(2).sum(-1) + q.pow(2).sum(-1) + y_sq if penalty else None
-            p = p + term.view(shape)
-            raw = (self.dropout(p) * self.dropout(q)).sum(-1)
+            term = self._implicit_term(user).view(shape)
+            if penalty:
+                # p_u and the implicit term are penalised separately (SVD++'s two regularisers).
+                factor_sq = _weighted(p.pow(2).sum(-1), user_weight) + _weighted(q.pow(2).sum(-1), item_weight)
+                implicit_sq = term.pow(2).sum(-1)
+            else:
+                factor_sq = None
+            raw = (self.dropout(p + term) * self.dropout(q)).sum(-1)
         elif isinstance(self.dropout, nn.Dropout):
-            factor_sq = p.pow(2).sum(-1) + q.pow(2).sum(-1) if penalty else None
+            if penalty:
+                factor_sq = _weighted(p.pow(2).sum(-1), user_weight) + _weighted(q.pow(2).sum(-1), item_weight)
+            else:
+                factor_sq = None
             raw = (self.dropout(p) * self.dropout(q)).sum(-1)
         else:
-            raw, factor_sq = _FactorProduct.apply(p, q, penalty)
+            raw, factor_sq = _FactorProduct.apply(p, q, penalty, user_weight, item_weight)
         bias_sq = None
         if self.user_bias is not None and self.item_bias is not None:
             b_u, b_i = self.user_bias(user), self.item_bias(item)
@@ -258,7 +287,9 @@ class MatrixFactorization(nn.Module):
             raw = self.rating_min + (self.rating_max - self.rating_min) * torch.sigmoid(raw)
         if penalty and bias_sq is None:
             bias_sq = torch.zeros_like(raw)
-        return MemberScores(raw, factor_sq, bias_sq)
+        if penalty and implicit_sq is None:
+            implicit_sq = torch.zeros_like(raw)
+        return MemberScores(raw, factor_sq, bias_sq, implicit_sq)
 
     def forward(self, user: Tensor, item: Tensor, clip: bool | None = None) -> Tensor:
         """Predicted ratings `(batch,)`: the mean over copies.

@@ -33,13 +33,17 @@ class RatingPredictor(LightningModule):
     Regularization comes in two forms, usable together: the optimizer's `weight_decay` (as the
     seed experiment log did; dense optimizers decay every row every step) and `l2`, the classic
     per-rating penalty on the rows a rating looks up, which only touches the batch's rows and so
-    suits the sparse path. The loss of a batch of B ratings is
+    suits the sparse path. Each rating b contributes
 
-        mean_b[(r_b - r̂_b)^2] + mean_b[l2 * (|p_u|^2 + |q_i|^2 + sum_{j in N(u)} |y_j|^2)
-                                       + l2_bias * (b_u^2 + b_i^2)]
+        (r_b - prediction_b)^2 + l2 * (w_u |p_u|^2 + w_i |q_i|^2) + l2_implicit * |imp_u|^2
+                               + l2_bias * (b_u^2 + b_i^2),      w = n^(l2_count_power - 1),
 
-    (averaged over ensemble copies too). Its gradient is twice that of Surprise's per-rating
-    objective `0.5 * (e^2 + reg * |.|^2)`, so `l2` equals Surprise's `reg_all` (`reg_*`).
+    where n is the row's number of training ratings (w = 1 by default: the classic penalty, paid
+    once per rating) and imp_u = |N(u)|^-1/2 sum_{j in N(u)} y_j is the SVD++ user term. The
+    batch loss is the mean of these over the batch (`loss_reduction="mean"`, suits adaptive
+    optimizers) or their sum (`"sum"`: each rating takes a full SGD step of size lr, the classic
+    SGD-MF convention); ensemble copies are averaged. With `mean` the gradient is twice that of
+    Surprise's per-rating objective `0.5 * (e^2 + reg * |.|^2)`, so `l2` equals Surprise's `reg_all`.
 
     Args:
         num_users: Number of user indices; linked from the DataModule.
@@ -55,12 +59,20 @@ class RatingPredictor(LightningModule):
         use_bias: Learn a bias per user and per item.
         l2: Per-rating L2 penalty on the factor rows looked up in the batch (see above).
         l2_bias: Per-rating L2 penalty on the looked-up biases; unset: the value of `l2`.
+        l2_implicit: Per-rating L2 penalty on the SVD++ user term; unset: the value of `l2`.
+        l2_count_power: Exponent a of the factor penalty's row weight n^(a-1): 1 is the classic
+            per-rating penalty, 0 charges each row one penalty per epoch (like weight decay),
+            values between damp the penalty of frequent users and items. Needs the DataModule's
+            `train_counts()` when not 1.
+        loss_reduction: `mean` or `sum` of the per-rating losses over a batch (see above).
         sparse: Sparse embedding gradients, so only the batch's rows are read and updated (the fast
             path). Needs a sparse-capable optimizer: `lightning_mf.optim.RowAdagrad` (fastest, no
             host sync on GPU), `lightning_mf.optim.RowAdam`, `torch.optim.SparseAdam`, `Adagrad`
             or `SGD`. On CPU, batches of 16K-32K ratings at dim 128 run fastest.
         implicit_feedback: Add the SVD++ implicit user term. The training interactions come from
             the DataModule's `train_interactions()` at fit start.
+        implicit_lr_scale: Learning rate of the implicit item factors y_j relative to the
+            optimizer's (they sum over a user's whole item set and diverge at the full rate).
         ensemble_size: Train this many independent copies and predict their mean.
         optimizer: Builds the optimizer from the parameters; weight decay goes here.
         lr_scheduler: Builds an optional learning-rate scheduler from the optimizer.
@@ -84,8 +96,12 @@ class RatingPredictor(LightningModule):
         use_bias: bool = True,
         l2: float = 0.0,
         l2_bias: float | None = None,
+        l2_implicit: float | None = None,
+        l2_count_power: float = 1.0,
+        loss_reduction: Literal["mean", "sum"] = "mean",
         sparse: bool = False,
         implicit_feedback: bool = False,
+        implicit_lr_scale: float = 1.0,
         ensemble_size: int = 1,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -94,8 +110,14 @@ class RatingPredictor(LightningModule):
         ranking_top_k: int = 10,
     ) -> None:
         super().__init__()
-        if l2 < 0 or (l2_bias is not None and l2_bias < 0):
-            raise ValueError(f"RatingPredictor: l2 and l2_bias must be >= 0, got {l2} and {l2_bias}")
+        if min(l2, l2 if l2_bias is None else l2_bias, l2 if l2_implicit is None else l2_implicit) < 0:
+            raise ValueError(
+                f"RatingPredictor: l2, l2_bias and l2_implicit must be >= 0, got {l2}, {l2_bias} and {l2_implicit}"
+            )
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"RatingPredictor: loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+        if implicit_lr_scale <= 0:
+            raise ValueError(f"RatingPredictor: implicit_lr_scale must be > 0, got {implicit_lr_scale}")
         if lr_scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"RatingPredictor: lr_scheduler_interval must be 'epoch' or 'step', "
                              f"got {lr_scheduler_interval!r}")
@@ -113,6 +135,13 @@ class RatingPredictor(LightningModule):
         )
         self.l2 = float(l2)
         self.l2_bias = float(l2 if l2_bias is None else l2_bias)
+        self.l2_implicit = float(l2 if l2_implicit is None else l2_implicit)
+        self.l2_count_power = float(l2_count_power)
+        self.loss_reduction = loss_reduction
+        self.implicit_lr_scale = float(implicit_lr_scale)
+        # Row weights n^(a-1) of the factor penalty, from the training counts at fit start.
+        self.register_buffer("user_l2_weight", torch.ones(0), persistent=False)
+        self.register_buffer("item_l2_weight", torch.ones(0), persistent=False)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.val_mse, self.val_rmse, self.val_mae = (MeanSquaredError(), MeanSquaredError(squared=False),
@@ -130,13 +159,20 @@ class RatingPredictor(LightningModule):
     def loss(self, batch: RatingBatch) -> tuple[Tensor, Tensor]:
         """The training objective of a batch (see the class docstring) and its data part, the MSE."""
         user, item, rating = batch
-        penalize = self.l2 > 0 or self.l2_bias > 0
-        scores = self.model.members(user, item, penalty=penalize)
-        data_loss = (scores.prediction - rating.unsqueeze(1)).pow(2).mean()
-        if not penalize:
-            return data_loss, data_loss
-        penalty = (self.l2 * scores.factor_sq + self.l2_bias * scores.bias_sq).mean()
-        return data_loss + penalty, data_loss
+        penalize = self.l2 > 0 or self.l2_bias > 0 or self.l2_implicit > 0
+        weights = {}
+        if penalize and self.user_l2_weight.numel():
+            weights = {"user_weight": self.user_l2_weight[user], "item_weight": self.item_l2_weight[item]}
+        scores = self.model.members(user, item, penalty=penalize, **weights)
+        squared_error = (scores.prediction - rating.unsqueeze(1)).pow(2)
+        data_loss = squared_error.mean()
+        per_rating = squared_error
+        if penalize:
+            per_rating = per_rating + self.l2 * scores.factor_sq + self.l2_bias * scores.bias_sq
+            per_rating = per_rating + self.l2_implicit * scores.implicit_sq
+        # Copies are averaged either way; ratings are averaged or summed.
+        objective = per_rating.mean() if self.loss_reduction == "mean" else per_rating.mean(1).sum()
+        return objective, data_loss
 
     def training_step(self, batch: RatingBatch, batch_idx: int) -> Tensor:
         user, item, rating = batch
@@ -183,8 +219,18 @@ class RatingPredictor(LightningModule):
         """Clipped predictions for a batch's (user, item) pairs; a rating field is ignored."""
         return self.model(batch[0], batch[1])
 
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        implicit = self.model.implicit_factors
+        if implicit is None or self.implicit_lr_scale == 1.0:
+            return [{"params": list(self.parameters())}]
+        others = [p for p in self.parameters() if p is not implicit.weight]
+        return [{"params": others}, {"params": [implicit.weight], "name": "implicit_factors"}]
+
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameters())
+        optimizer = self.optimizer_factory(self._parameter_groups())
+        for group in optimizer.param_groups:
+            if group.get("name") == "implicit_factors":
+                group["lr"] = group["lr"] * self.implicit_lr_scale
         if self.model.sparse and isinstance(optimizer, _DENSE_ONLY):
             raise ValueError(
                 f"RatingPredictor: sparse=True needs an optimizer that accepts sparse gradients, got "
@@ -203,6 +249,8 @@ class RatingPredictor(LightningModule):
     def on_fit_start(self) -> None:
         if self.device.type == "cpu":
             keep_freed_memory()
+        if self.l2_count_power != 1.0 and not self.user_l2_weight.numel():
+            self._set_l2_weights()
         model = self.model
         if model.implicit_factors is None or model.implicit_items.numel() > 0:
             return
@@ -215,6 +263,22 @@ class RatingPredictor(LightningModule):
             )
         user, item = source()
         model.set_implicit_feedback(user, item)
+
+    def _set_l2_weights(self) -> None:
+        source = getattr(self.trainer.datamodule, "train_counts", None)
+        if source is None:
+            raise ValueError(
+                "RatingPredictor: l2_count_power != 1 needs each row's number of training ratings. Fit with a "
+                "DataModule that has train_counts() -> (user_counts, item_counts), or call set_train_counts()."
+            )
+        self.set_train_counts(*source())
+
+    def set_train_counts(self, user_counts: Tensor, item_counts: Tensor) -> None:
+        """Per-row training counts n, which weight the factor penalty by n^(l2_count_power - 1)."""
+        power = self.l2_count_power - 1.0
+        # A row without training ratings is never looked up in training; its weight is moot.
+        self.user_l2_weight = user_counts.to(self.device, torch.float32).clamp(min=1).pow(power)
+        self.item_l2_weight = item_counts.to(self.device, torch.float32).clamp(min=1).pow(power)
 
     def _mark_seen(self, user: Tensor, item: Tensor) -> None:
         self.model.mark_seen(user, item)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from lightning_mf.data.datamodule import RatingsDataModule, is_global_zero_from_env
 from lightning_mf.data.options import PrepareOptions
@@ -198,3 +199,12 @@ def test_data_dir_defaults_to_a_folder_named_by_content(tmp_path: Path, monkeypa
     assert (first.data_dir / "meta.json").is_file() and first.num_users == 100
     with pytest.raises(DataError, match="give data.data_dir"):
         RatingsDataModule()
+
+
+def test_train_counts_are_the_ones_prepare_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    module = RatingsDataModule(prepare=PrepareOptions(source="synthetic", rows=3_000, users=100, items=80))
+    user_counts, item_counts = module.train_counts()
+    user, item = module.train_interactions()
+    assert torch.equal(user_counts, torch.bincount(user.long(), minlength=100))
+    assert torch.equal(item_counts, torch.bincount(item.long(), minlength=80))

@@ -147,9 +147,10 @@ def test_implicit_feedback_adds_the_normalised_sum_of_item_factors() -> None:
     ])
     torch.testing.assert_close(model(user, item), expected)
     scores = model.members(user, item, penalty=True)
-    y_sq = y[[1, 3, 4]].pow(2).sum()
     base = model.user_factors.weight[0].pow(2).sum() + model.item_factors.weight[2].pow(2).sum()
-    torch.testing.assert_close(scores.factor_sq[0, 0], base + y_sq)
+    torch.testing.assert_close(scores.factor_sq[0, 0], base)
+    torch.testing.assert_close(scores.implicit_sq[0, 0], implicit[0].pow(2).sum())
+    torch.testing.assert_close(scores.implicit_sq[1, 0], torch.tensor(0.0))
 
 
 def test_implicit_feedback_survives_a_state_dict_round_trip() -> None:
@@ -201,10 +202,28 @@ def test_fused_factor_product_gradients(with_sq: bool) -> None:
     q = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
 
     def both(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        dot, sq = _FactorProduct.apply(p, q, with_sq)
+        dot, sq = _FactorProduct.apply(p, q, with_sq, None, None)
         return dot if sq is None else dot * 0.7 + sq * 1.3
 
     assert torch.autograd.gradcheck(both, (p, q))
-    dot, sq = _FactorProduct.apply(p, q, True)
+    dot, sq = _FactorProduct.apply(p, q, True, None, None)
     torch.testing.assert_close(sq, p.pow(2).sum(-1) + q.pow(2).sum(-1))
     torch.testing.assert_close(dot, (p * q).sum(-1))
+
+
+def test_fused_factor_product_with_row_weights() -> None:
+    from lightning_mf.model import _FactorProduct
+
+    p = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    w_p = torch.rand(5, dtype=torch.float64) + 0.1
+    w_q = torch.rand(5, dtype=torch.float64) + 0.1
+
+    def both(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        dot, sq = _FactorProduct.apply(p, q, True, w_p, w_q)
+        return dot * 0.7 + sq * 1.3
+
+    assert torch.autograd.gradcheck(both, (p, q))
+    _, sq = _FactorProduct.apply(p, q, True, w_p, w_q)
+    expected = w_p.unsqueeze(1) * p.pow(2).sum(-1) + w_q.unsqueeze(1) * q.pow(2).sum(-1)
+    torch.testing.assert_close(sq, expected)

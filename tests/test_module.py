@@ -277,3 +277,56 @@ def test_ddp_merges_every_ranks_seen_marks_into_the_checkpoint(tmp_path: Path) -
     model = RatingPredictor.load_from_checkpoint(checkpoint).model
     assert model.user_seen.all(), model.user_seen
     assert model.item_seen[:8].all() and not model.item_seen[8:].any()
+
+
+def test_sum_reduction_count_weights_and_implicit_penalty() -> None:
+    """The per-rating objective of the class docstring, summed, with row weights n^(a-1)."""
+    data = low_rank_ratings(n=60)
+    module = make_module(data, 60, l2=0.3, l2_bias=0.05, l2_implicit=0.03, l2_count_power=0.75,
+                         loss_reduction="sum", implicit_feedback=True)
+    user_counts = torch.bincount(data.user.long(), minlength=NUM_USERS)
+    item_counts = torch.bincount(data.item.long(), minlength=NUM_ITEMS)
+    module.set_train_counts(user_counts, item_counts)
+    model = module.model.train()
+    model.set_implicit_feedback(data.user, data.item)
+    with torch.no_grad():
+        model.implicit_factors.weight.normal_(0.0, 0.1)
+        model.user_bias.weight.normal_()
+    loss, data_loss = module.loss(data)
+    user, item = data.user.long(), data.item.long()
+    w_u = user_counts[user].float().pow(-0.25)
+    w_i = item_counts[item].float().pow(-0.25)
+    scores = model.members(data.user, data.item, penalty=True)
+    squared_error = (scores.prediction[:, 0] - data.rating).pow(2)
+    factors = w_u * model.user_factors.weight[user].pow(2).sum(1) + w_i * model.item_factors.weight[item].pow(2).sum(1)
+    biases = model.user_bias.weight[user, 0].pow(2) + model.item_bias.weight[item, 0].pow(2)
+    expected = (squared_error + 0.3 * factors + 0.05 * biases + 0.03 * scores.implicit_sq[:, 0]).sum()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(data_loss, squared_error.mean())
+    assert scores.implicit_sq.abs().sum() > 0
+
+
+def test_count_power_reads_the_datamodule_counts_and_implicit_lr_is_scaled(tmp_path: Path) -> None:
+    data = low_rank_ratings(n=1000)
+
+    class Counts(L.LightningDataModule):
+        def train_dataloader(self) -> DataLoader:
+            return loader(data, 0, 1000, 250)
+
+        def train_counts(self) -> tuple[torch.Tensor, torch.Tensor]:
+            return (torch.bincount(data.user.long(), minlength=NUM_USERS),
+                    torch.bincount(data.item.long(), minlength=NUM_ITEMS))
+
+        def train_interactions(self) -> tuple[torch.Tensor, torch.Tensor]:
+            return data.user, data.item
+
+    module = make_module(data, 1000, l2=0.1, l2_count_power=0.5, implicit_feedback=True, implicit_lr_scale=0.1,
+                         loss_reduction="sum", optimizer=partial(torch.optim.SGD, lr=0.01))
+    fit = trainer(tmp_path, 1)
+    fit.fit(module, datamodule=Counts())
+    expected = torch.bincount(data.user.long(), minlength=NUM_USERS).clamp(min=1).float().pow(-0.5)
+    torch.testing.assert_close(module.user_l2_weight, expected)
+    lrs = {group.get("name", "main"): group["lr"] for group in fit.optimizers[0].param_groups}
+    assert lrs == {"main": 0.01, "implicit_factors": pytest.approx(0.001)}
+    with pytest.raises(ValueError, match="train_counts"):
+        trainer(tmp_path, 1).fit(make_module(data, 1000, l2=0.1, l2_count_power=0.5), loader(data, 0, 1000, 250))

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.data.options import PrepareOptions
-from lightning_mf.data.schema import ITEM, META_FILE, USER, DatasetMeta, split_file
+from lightning_mf.data.schema import ITEM, ITEMS_FILE, META_FILE, USER, USERS_FILE, DatasetMeta, split_file
 from lightning_mf.data.stream import EvalStream, TrainStream, unpack
 from lightning_mf.errors import DataError
 
@@ -256,6 +256,14 @@ class RatingsDataModule(pl.LightningDataModule):
         table = pq.read_table(self.data_dir / split_file("train"), columns=[USER, ITEM])
         user, item = (torch.from_numpy(table.column(name).to_numpy().copy()) for name in (USER, ITEM))
         return user, item
+
+    def train_counts(self) -> tuple[Tensor, Tensor]:
+        """Number of training ratings of every user and every item, as `prepare` recorded them."""
+        counts = []
+        for name in (USERS_FILE, ITEMS_FILE):
+            column = pq.read_table(self.data_dir / name, columns=["train_ratings"]).column("train_ratings")
+            counts.append(torch.from_numpy(column.to_numpy().copy()))
+        return counts[0], counts[1]
 
     def train_dataloader(self) -> DataLoader:
         return StreamLoader(self.train_stream(), self._trainer_epoch, **self._loader_options())

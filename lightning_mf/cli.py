@@ -131,19 +131,25 @@ warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` 
 warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Runs one LightningCLI subcommand; `argv` starts with it (`fit`, `validate`, ...)."""
-    # Given the process's own arguments, let LightningCLI read sys.argv itself (it warns otherwise).
-    args = None if argv is None or argv == sys.argv[1:] else argv
-    MFLightningCLI(
+def build_cli(args: list[str] | None = None, run: bool = True) -> MFLightningCLI:
+    """The CLI over our model and data. With `run=False`, `args` hold no subcommand and the
+    returned CLI carries the instantiated `model`, `datamodule` and `trainer` (for scripts)."""
+    return MFLightningCLI(
         RatingPredictor,
         RatingsDataModule,
         args=args,
+        run=run,
         trainer_defaults=TRAINER_DEFAULTS,
         # The model takes its optimizer as an argument; no second, top-level `--optimizer`.
         auto_configure_optimizers=False,
         parser_kwargs={"prog": "python -m lightning_mf", "description": DESCRIPTION},
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs one LightningCLI subcommand; `argv` starts with it (`fit`, `validate`, ...)."""
+    # Given the process's own arguments, let LightningCLI read sys.argv itself (it warns otherwise).
+    build_cli(None if argv is None or argv == sys.argv[1:] else argv)
     return 0
 
 

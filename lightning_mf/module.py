@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from lightning_mf.data.batch import RatingBatch
@@ -19,6 +22,11 @@ from lightning_mf.optim import keep_freed_memory
 # Optimizers that raise on sparse gradients: rejected up front when `sparse=True`.
 _DENSE_ONLY = (torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adamax,
                torch.optim.RMSprop, torch.optim.Adadelta, torch.optim.ASGD, torch.optim.Rprop, torch.optim.LBFGS)
+
+
+def _half_cosine(step: int, total: int) -> float:
+    """Learning-rate factor after `step` of `total` steps: 1 at the start, 0 at the end."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
 
 
 class RatingPredictor(LightningModule):
@@ -76,6 +84,9 @@ class RatingPredictor(LightningModule):
         ensemble_size: Train this many independent copies and predict their mean.
         optimizer: Builds the optimizer from the parameters; weight decay goes here.
         lr_scheduler: Builds an optional learning-rate scheduler from the optimizer.
+        cosine_decay: Instead of `lr_scheduler`, lower every learning rate from its initial value
+            to 0 along a half cosine, step by step over the whole fit (its length comes from the
+            trainer, so it follows `max_epochs` or `max_steps`).
         lr_scheduler_interval: Step the scheduler every `epoch` or every `step`.
         lr_scheduler_monitor: Metric a `ReduceLROnPlateau` scheduler watches.
         ranking_top_k: Cut-off K of the test ranking metrics NDCG@K and Recall@K.
@@ -107,6 +118,7 @@ class RatingPredictor(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         lr_scheduler_monitor: str = "val/rmse",
+        cosine_decay: bool = False,
         ranking_top_k: int = 10,
     ) -> None:
         super().__init__()
@@ -118,6 +130,8 @@ class RatingPredictor(LightningModule):
             raise ValueError(f"RatingPredictor: loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
         if implicit_lr_scale <= 0:
             raise ValueError(f"RatingPredictor: implicit_lr_scale must be > 0, got {implicit_lr_scale}")
+        if cosine_decay and lr_scheduler is not None:
+            raise ValueError("RatingPredictor: give either lr_scheduler or cosine_decay=True, not both")
         if lr_scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"RatingPredictor: lr_scheduler_interval must be 'epoch' or 'step', "
                              f"got {lr_scheduler_interval!r}")
@@ -237,6 +251,10 @@ class RatingPredictor(LightningModule):
                 f"{type(optimizer).__name__}. Use lightning_mf.optim.RowAdagrad, lightning_mf.optim.RowAdam, "
                 "torch.optim.SparseAdam, torch.optim.Adagrad or torch.optim.SGD, or set sparse=False."
             )
+        if self.hparams.cosine_decay:
+            total = max(1, int(self.trainer.estimated_stepping_batches))
+            decay = partial(_half_cosine, total=total)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, decay), "interval": "step"}}
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)

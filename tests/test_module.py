@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 
@@ -330,3 +331,21 @@ def test_count_power_reads_the_datamodule_counts_and_implicit_lr_is_scaled(tmp_p
     assert lrs == {"main": 0.01, "implicit_factors": pytest.approx(0.001)}
     with pytest.raises(ValueError, match="train_counts"):
         trainer(tmp_path, 1).fit(make_module(data, 1000, l2=0.1, l2_count_power=0.5), loader(data, 0, 1000, 250))
+
+
+def test_cosine_decay_runs_the_learning_rate_to_zero_over_the_fit(tmp_path: Path) -> None:
+    data = low_rank_ratings(n=1000)
+    module = make_module(data, 1000, cosine_decay=True, optimizer=partial(torch.optim.SGD, lr=0.1))
+    seen: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    fit = trainer(tmp_path, 2, callbacks=[Record()])
+    fit.fit(module, loader(data, 0, 1000, 100))
+    assert len(seen) == 20 and seen[0] == pytest.approx(0.1)
+    assert seen == sorted(seen, reverse=True) and seen[-1] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 19 / 20)))
+    assert fit.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="either lr_scheduler or cosine_decay"):
+        make_module(data, 1000, cosine_decay=True, lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1))

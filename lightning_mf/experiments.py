@@ -39,8 +39,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from jsonargparse import ArgumentParser
+from jsonargparse import ActionYesNo, ArgumentParser
 
 from lightning_mf.errors import DataError
 
@@ -155,7 +156,9 @@ def select(experiments: list[Experiment], only: Sequence[str] | None) -> list[Ex
     wanted = {Path(name).stem for name in only}
     unknown = sorted(wanted - names)
     if unknown:
-        raise DataError(f"--only names {', '.join(unknown)}, not in this series; expected some of: {', '.join(sorted(names))}")
+        raise DataError(
+            f"--only names {', '.join(unknown)}, not in this series; expected some of: {', '.join(sorted(names))}"
+        )
     return [e for e in experiments if e.name in wanted]
 
 
@@ -172,7 +175,7 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / FINISHED_FILE).is_file()
 
 
-def _write_json(path: Path, payload: dict) -> None:
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
     """Writes atomically, so a marker is either whole or absent."""
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(payload, indent=2) + "\n")
@@ -183,7 +186,7 @@ def _clear(run_dir: Path) -> None:
     """Removes an experiment's earlier output, refusing folders the runner did not make."""
     if not run_dir.exists():
         return
-    if not (run_dir / EXPERIMENT_FILE).is_file():
+    if any(run_dir.iterdir()) and not (run_dir / EXPERIMENT_FILE).is_file():
         raise DataError(
             f"{run_dir} exists but was not made by `experiments run` (no {EXPERIMENT_FILE}); "
             "move it away or choose another --runs_dir"
@@ -203,6 +206,12 @@ def run_experiment(
     experiment: Experiment, runs_dir: Path, extra: Sequence[str] = (), python: str = sys.executable
 ) -> float:
     """Runs one experiment's fit in a subprocess, writing its run folder; returns the seconds taken.
+
+    Args:
+        experiment: What to run.
+        runs_dir: The series' runs folder; the run folder `<runs_dir>/<name>` is replaced.
+        extra: Arguments appended to the `fit` command.
+        python: The interpreter that runs `-m lightning_mf fit`.
 
     Raises:
         ExperimentFailed: The fit exited with an error; no completion marker is written.
@@ -268,7 +277,8 @@ def run_series(
         prefix = f"[{number}/{len(experiments)}] {experiment.name}"
         run_dir = runs_dir / experiment.name
         if is_finished(run_dir) and not rerun:
-            echo(f"{prefix}: finished earlier, skipped (--rerun runs it again){_changed_note(experiment, runs_dir, extra)}")
+            note = _changed_note(experiment, runs_dir, extra)
+            echo(f"{prefix}: finished earlier, skipped (--rerun runs it again){note}")
             continue
         echo(f"{prefix}: {experiment.description}\n    log: {run_dir / LOG_FILE}")
         seconds = run_experiment(experiment, runs_dir, extra, python)
@@ -310,14 +320,16 @@ def build_parser() -> ArgumentParser:
     commands = parser.add_subcommands(dest="command")
     for name, summary in (("run", "run the series, skipping finished experiments"),
                           ("list", "print each experiment, its status and its fit command")):
-        sub = ArgumentParser(description=summary)
+        sub = ArgumentParser(description=f"{summary}. Arguments after `--` are appended to every fit command, "
+                             "so they override the configs: -- --data.prepare.source PATH --trainer.max_epochs 3")
         sub.add_argument("folder", type=str, help="The series folder, e.g. configs/experiments/bookcrossing.")
         sub.add_argument("--runs_dir", type=str | None, default=None,
                          help="Where the run folders go; unset: runs/<series folder name>.")
         if name == "run":
-            sub.add_argument("--rerun", type=bool, default=False, help="Run finished experiments again.")
-            sub.add_argument("--only", type=list[str] | None, default=None,
-                             help="Run just these experiments, e.g. --only [01-baseline,02-weight-decay].")
+            sub.add_argument("--rerun", action=ActionYesNo, default=False, help="Run finished experiments again.")
+            sub.add_argument("--only", type=str | None, default=None,
+                             help="Run just these experiments, comma-separated: "
+                             "--only 01-baseline,05-no-implicit-zeros.")
         commands.add_subcommand(name, sub, help=summary)
     return parser
 
@@ -336,8 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         if command == "list":
             print(describe_series(options.folder, options.runs_dir, extra))
             return 0
-        run_series(options.folder, options.runs_dir, options.rerun, options.only, extra)
+        only = [name.strip() for name in options.only.split(",") if name.strip()] if options.only else None
+        run_series(options.folder, options.runs_dir, options.rerun, only, extra)
     except ExperimentFailed as error:
+        sys.stdout.flush()  # progress lines first, then the error
         print(f"error: {error}", file=sys.stderr)
         print("The series stopped here; finished experiments keep their results. Fix the cause and run "
               "the same command again: finished ones are skipped.", file=sys.stderr)

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from lightning_mf.tb_events import Curve
 
@@ -29,7 +30,7 @@ def _epochs(curve: Curve) -> np.ndarray:
     return curve.epoch + 1
 
 
-def _style(ax, ylabel: str) -> None:  # type: ignore[no-untyped-def]
+def _style(ax: Axes, ylabel: str) -> None:
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -89,6 +90,9 @@ def plot_val_overlay(path: str | Path, curves: Sequence[tuple[str, Curve]], titl
         low, high = min(float(v.min()) for v in values), max(float(v.max()) for v in values)
         if low > 0 and high / low > LOG_SCALE_RATIO:
             ax.set_yscale("log")
+            # Plain numbers (3, 4, 10) rather than powers of ten on a range this short.
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
             ylabel += ", log scale"
     _style(ax, ylabel)
     ax.set_title(title, fontsize=11, loc="left")

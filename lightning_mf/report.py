@@ -12,14 +12,16 @@ Losses are the logged `train/loss` and `val/loss` (both MSE); epochs are counted
 description is the one `experiments run` recorded in `<name>/experiment.json` (empty otherwise).
 
 The observation compares the last epoch's train loss T and val loss V, the run's lowest val loss
-Vbest, and R, the lowest val loss any run of the report reached:
+Vbest, and R, the lowest val loss any run of the report reached. A curve has *plateaued* when it
+moved over its last PLATEAU_EPOCHS epochs by at most PLATEAU_SHARE of its whole range (its own
+progress so far) or at most FLAT of its value (flat from the start, noise only).
 
 - high variance: V >= (1 + GAP) * T (val sits far above train) and V >= (1 + RISE) * Vbest (val
   has risen from its best);
-- underfitting: V < (1 + GAP) * T, both train and val changed by less than PLATEAU_TOL
-  (relative) over the last PLATEAU_EPOCHS epochs (they plateau together), and V >= (1 + HIGH) * R
-  (high: well above the best the series reached; so a single run is never called underfitting);
-- still improving: val loss fell by PLATEAU_TOL or more over the last PLATEAU_EPOCHS epochs;
+- underfitting: V < (1 + GAP) * T, train and val have both plateaued (together), and
+  V >= (1 + HIGH) * R (high: well above the best the series reached; so a single run is never
+  called underfitting);
+- still improving: val loss has not plateaued and is falling;
 - converged otherwise (with the val/train ratio when V >= (1 + GAP) * T, and a note when val
   ended above its best).
 
@@ -43,7 +45,8 @@ from lightning_mf.tb_events import Curve, find_runs, read_curves
 GAP = 0.25
 RISE = 0.02
 PLATEAU_EPOCHS = 3
-PLATEAU_TOL = 0.02
+PLATEAU_SHARE = 0.10
+FLAT = 0.005
 HIGH = 0.20
 
 TRAIN_LOSS, VAL_LOSS, VAL_RMSE = "train/loss", "val/loss", "val/rmse"
@@ -102,9 +105,15 @@ def load_run(name: str, log_dir: Path) -> RunSummary:
 
 
 def _change(curve: Curve) -> float:
-    """Relative change of the last value against the value PLATEAU_EPOCHS epochs earlier."""
-    back = curve.value[-1 - min(PLATEAU_EPOCHS, len(curve) - 1)]
-    return float((curve.value[-1] - back) / back) if back else 0.0
+    """Change of the last value against the value PLATEAU_EPOCHS epochs earlier."""
+    return float(curve.value[-1] - curve.value[-1 - min(PLATEAU_EPOCHS, len(curve) - 1)])
+
+
+def plateaued(curve: Curve) -> bool:
+    """Whether the curve's recent change is small against its own range or its value (see above)."""
+    before = float(curve.value[-1 - min(PLATEAU_EPOCHS, len(curve) - 1)])
+    spread = float(curve.value.max() - curve.value.min())
+    return abs(_change(curve)) <= max(PLATEAU_SHARE * spread, FLAT * abs(before))
 
 
 def observe(train: Curve | None, val: Curve | None, reference: float | None) -> str:
@@ -121,12 +130,11 @@ def observe(train: Curve | None, val: Curve | None, reference: float | None) -> 
     rose = f"val loss {rise:.0%} above its best (epoch {best + 1})"
     if ratio >= 1 + GAP and rise >= RISE:
         return f"high variance: val loss {ratio:.2f}x train loss and rising, {rose}"
-    plateau = abs(_change(train)) < PLATEAU_TOL and abs(_change(val)) < PLATEAU_TOL
-    if ratio < 1 + GAP and plateau and reference and v >= (1 + HIGH) * reference:
+    if ratio < 1 + GAP and plateaued(train) and plateaued(val) and reference and v >= (1 + HIGH) * reference:
         return (f"underfitting: train and val loss plateau together, "
                 f"val {v / reference - 1:.0%} above the best run's {reference:.4f}")
-    if _change(val) <= -PLATEAU_TOL:
-        text = f"still improving: val loss fell {-_change(val):.1%} over the last {span} epochs"
+    if not plateaued(val) and _change(val) < 0:
+        text = f"still improving: val loss fell {-_change(val) / (v - _change(val)):.1%} over the last {span} epochs"
     else:
         text = "converged"
     if ratio >= 1 + GAP:
@@ -134,6 +142,10 @@ def observe(train: Curve | None, val: Curve | None, reference: float | None) -> 
     if rise >= RISE:
         text += f"; {rose}"
     return text
+
+
+def _last(curve: Curve | None) -> float | None:
+    return float(curve.value[-1]) if curve is not None and len(curve) else None
 
 
 def _fmt(value: float | None) -> str:
@@ -147,13 +159,12 @@ def _cell(text: str) -> str:
 def table_row(run: RunSummary) -> list[str]:
     """The run's table cells, in `COLUMNS` order; numbers with 4 decimals."""
     train, val, rmse = run.train, run.val, run.curves.get(VAL_RMSE)
-    last = lambda curve: float(curve.value[-1]) if curve is not None and len(curve) else None  # noqa: E731
     best = "n/a"
     if val is not None and len(val):
         position = int(np.argmin(val.value))
         best = f"{val.value[position]:.4f} ({val.epoch[position] + 1})"
     observation = ("unfinished run; " if run.unfinished else "") + run.observation
-    return [run.name, run.description, _fmt(last(train)), _fmt(last(val)), best, _fmt(last(rmse)),
+    return [run.name, run.description, _fmt(_last(train)), _fmt(_last(val)), best, _fmt(_last(rmse)),
             str(run.epochs), observation]
 
 
@@ -166,13 +177,14 @@ def markdown_table(runs: list[RunSummary]) -> str:
 def thresholds_text() -> str:
     return (
         f"Observations compare the last epoch's train loss T and val loss V, the run's best val loss "
-        f"Vbest and R, the lowest val loss of any run here. **High variance**: V >= {1 + GAP:g} T and "
-        f"V >= {1 + RISE:g} Vbest (val far above train and rising). **Underfitting**: V < {1 + GAP:g} T, "
-        f"train and val each changed by less than {PLATEAU_TOL:.0%} over the last {PLATEAU_EPOCHS} epochs "
-        f"(a plateau together) and V >= {1 + HIGH:g} R (high). **Still improving**: val fell by "
-        f"{PLATEAU_TOL:.0%} or more over the last {PLATEAU_EPOCHS} epochs. **Converged** otherwise. "
-        f"Losses are MSE (`train/loss` is the epoch's mean training MSE, dropout active; `val/loss` the "
-        f"validation MSE); epochs count from 1; RMSE is `val/rmse` of the last epoch."
+        f"Vbest and R, the lowest val loss of any run here. A curve has *plateaued* when it moved over "
+        f"its last {PLATEAU_EPOCHS} epochs by at most {PLATEAU_SHARE:.0%} of its whole range or "
+        f"{FLAT:.1%} of its value. **High variance**: V >= {1 + GAP:g} T and V >= {1 + RISE:g} Vbest "
+        f"(val far above train and rising). **Underfitting**: V < {1 + GAP:g} T, train and val both "
+        f"plateaued, and V >= {1 + HIGH:g} R (high). **Still improving**: val has not plateaued and "
+        f"is falling. **Converged** otherwise. Losses are MSE (`train/loss` is the epoch's mean "
+        f"training MSE, dropout active; `val/loss` the validation MSE); epochs count from 1; RMSE is "
+        f"`val/rmse` of the last epoch."
     )
 
 
@@ -194,19 +206,21 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, title: str
     reference = min(lows) if lows else None
     for run in runs:
         run.observation = observe(run.train, run.val, reference)
-    title = title or f"Experiments: {runs_dir.resolve().name}"
+    series = title or runs_dir.resolve().name
+    title = title or f"Experiments: {series}"
     sections = []
     for run in runs:
         if run.epochs:
-            plot_run(out / f"{run.name}.png", run.name, run.description, run.train, run.val, run.observation)
+            plot_run(out / f"{run.name}.png", run.name, run.description, run.train, run.val,
+                     f"observation: {run.observation}")
             sections.append(f"### {run.name}\n\n![{run.name}: train and val loss]({run.name}.png)\n")
     overlay = [(run.name, run.val) for run in runs if run.val is not None]
-    plot_val_overlay(out / OVERLAY_FILE, overlay, f"{title}: val loss of every run")
+    plot_val_overlay(out / OVERLAY_FILE, overlay, f"Validation loss of every run: {series}")
     text = "\n".join([
         f"# {title}",
         "",
         f"Written by `python -m lightning_mf report` from the TensorBoard event files of {len(runs)} "
-        f"run(s) in `{runs_dir}`.",
+        f"run{'' if len(runs) == 1 else 's'} in `{runs_dir}`.",
         "",
         markdown_table(runs),
         "",

@@ -1,0 +1,137 @@
+"""FusedRowAdagrad: the closed-form update equals RowAdagrad through autograd, and Lightning drives it."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from lightning_mf.data.batch import RatingBatch
+from lightning_mf.fused import FusedRowAdagrad
+from lightning_mf.module import RatingPredictor
+from lightning_mf.optim import RowAdagrad
+
+NUM_USERS, NUM_ITEMS = 30, 20
+
+
+def batch_of(size: int, seed: int) -> RatingBatch:
+    generator = torch.Generator().manual_seed(seed)
+    # Few users and items: every batch repeats rows, as real batches do.
+    user = torch.randint(0, NUM_USERS, (size,), generator=generator, dtype=torch.int32)
+    item = torch.randint(0, NUM_ITEMS, (size,), generator=generator, dtype=torch.int32)
+    rating = torch.randint(1, 11, (size,), generator=generator).float() / 2
+    return RatingBatch(user, item, rating)
+
+
+def module(**kwargs) -> RatingPredictor:
+    torch.manual_seed(0)
+    options = dict(embedding_dim=8, init_std=0.3, sparse=True, l2=0.05)
+    options.update(kwargs)
+    return RatingPredictor(NUM_USERS, NUM_ITEMS, 0.5, 5.0, 3.0, **options)
+
+
+CASES = {
+    "linear, mean": {},
+    "sigmoid, sum": dict(output="sigmoid", loss_reduction="sum"),
+    "no biases, no penalty": dict(use_bias=False, l2=0.0),
+    "bias penalty of its own": dict(l2_bias=0.2),
+}
+
+
+@pytest.mark.parametrize("kwargs", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("decay", [0.0, 0.01])
+@pytest.mark.parametrize("row_weights", [False, True], ids=["unweighted", "row-weighted"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_update_equals_row_adagrad_through_autograd(kwargs: dict, decay: float, row_weights: bool,
+                                                    threads: int) -> None:
+    reference = module(**kwargs)
+    fused = copy.deepcopy(reference)
+    options = dict(lr=0.1, initial_accumulator_value=0.01, weight_decay=decay)
+    reference_opt = RowAdagrad(reference.parameters(), **options)
+    fused_opt = FusedRowAdagrad(fused.parameters(), threads=threads, **options)
+    if row_weights:
+        counts = (torch.arange(NUM_USERS) % 7 + 1, torch.arange(NUM_ITEMS) % 5 + 1)
+        reference.l2_count_power = fused.l2_count_power = 0.5
+        reference.set_train_counts(*counts)
+        fused.set_train_counts(*counts)
+    for seed in range(3):
+        batch = batch_of(64, seed)
+        loss, data_loss = reference.loss(batch)
+        reference_opt.zero_grad()
+        loss.backward()
+        reference_opt.step()
+        weights = {}
+        if row_weights:
+            weights = {"user_weight": fused.user_l2_weight[batch.user], "item_weight": fused.item_l2_weight[batch.item]}
+        mse = fused_opt.update(fused.model, *batch, l2=fused.l2, l2_bias=fused.l2_bias,
+                               reduction=fused.loss_reduction, **weights)
+        torch.testing.assert_close(mse, data_loss.detach())
+        for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def trainer(tmp_path: Path, epochs: int, **kwargs) -> pl.Trainer:
+    return pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      enable_checkpointing=False, default_root_dir=tmp_path, num_sanity_val_steps=0, **kwargs)
+
+
+def test_lightning_drives_it_by_manual_optimization(tmp_path: Path) -> None:
+    model = module(optimizer=partial(FusedRowAdagrad, lr=0.1), cosine_decay=True)
+    train = [batch_of(128, seed) for seed in range(6)]
+    fit = trainer(tmp_path, 4, limit_val_batches=0)
+    before = model.model.user_factors.weight.detach().clone()
+    fit.fit(model, DataLoader(train, batch_size=None))
+    assert not model.automatic_optimization
+    assert fit.global_step == 4 * len(train)
+    assert not torch.equal(model.model.user_factors.weight, before)
+    assert model.model.user_factors.weight.grad is None
+    # The step-interval cosine schedule is stepped by the module under manual optimization.
+    assert fit.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
+    assert fit.callback_metrics["train/loss"].item() < 2.0
+
+
+def test_epoch_schedulers_are_stepped(tmp_path: Path) -> None:
+    model = module(optimizer=partial(FusedRowAdagrad, lr=0.1),
+                   lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5))
+    fit = trainer(tmp_path, 3, limit_val_batches=0)
+    fit.fit(model, DataLoader([batch_of(64, 0)], batch_size=None))
+    assert fit.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**3)
+
+
+def test_unsupported_models_are_rejected_up_front(tmp_path: Path) -> None:
+    for kwargs, found in [(dict(dropout=0.1), "dropout=0.1"), (dict(ensemble_size=2), "ensemble_size=2")]:
+        model = module(optimizer=FusedRowAdagrad, **kwargs)
+        with pytest.raises(ValueError, match=f"does not support {found}.*RowAdagrad"):
+            trainer(tmp_path, 1).fit(model, DataLoader([batch_of(8, 0)], batch_size=None))
+
+
+def test_optimizer_state_round_trips_through_state_dict_and_pickle() -> None:
+    import pickle
+
+    model = module()
+    optimizer = FusedRowAdagrad(model.parameters(), lr=0.1)
+    optimizer.update(model.model, *batch_of(32, 0), l2=0.05, l2_bias=0.05)
+    clone = pickle.loads(pickle.dumps(optimizer))  # its thread pool is not part of its state
+    restored = FusedRowAdagrad(model.parameters(), lr=0.1)
+    restored.load_state_dict(optimizer.state_dict())
+    for source in (clone, restored):
+        for a, b in zip(source.state.values(), optimizer.state.values()):
+            torch.testing.assert_close(a["sum"], b["sum"])
+
+
+def test_step_without_the_modules_closure_is_an_error() -> None:
+    optimizer = FusedRowAdagrad(module().parameters())
+    with pytest.raises(RuntimeError, match="needs the closure"):
+        optimizer.step()
+
+
+@pytest.mark.parametrize("name, value", [("lr", 0.0), ("eps", 0.0), ("initial_accumulator_value", -1.0),
+                                         ("weight_decay", -0.1), ("threads", 3)])
+def test_bad_arguments_are_rejected(name: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"FusedRowAdagrad: {name} must be"):
+        FusedRowAdagrad(module().parameters(), **{name: value})

@@ -141,6 +141,8 @@ def _build_from_files(options: PrepareOptions, staging: Path) -> DatasetMeta:
         ]
     shutil.rmtree(workdir, ignore_errors=True)
     build = DatasetBuild.from_raw(train_raw, test_raw)
+    # The raw frames (ids as read, 8 bytes each) are no longer needed: free them before splitting.
+    del train_raw, test_raw
     build.write_rejected(staging)
     build.apply_filters(options)
     meta = build.split_and_write(options, staging)

@@ -34,8 +34,8 @@ class MemberScores(NamedTuple):
         prediction: Predicted ratings, neither clipped nor replaced by the unseen fallback.
         factor_sq: Squared L2 norms of the user and item factor rows looked up for each rating,
             each times its row weight (`w_u |p_u|^2 + w_i |q_i|^2`); None unless asked.
-        bias_sq: Squared user and item biases looked up for each rating (zero without biases);
-            None unless asked.
+        bias_sq: Squared user and item biases looked up for each rating, each times its row
+            weight (zero without biases); None unless asked.
         implicit_sq: With implicit feedback, the squared norm of the SVD++ user term
             `|N(u)|^-1/2 sum_j y_j`; zero without it; None unless asked.
     """
@@ -253,12 +253,15 @@ class MatrixFactorization(nn.Module):
         penalty: bool = False,
         user_weight: Tensor | None = None,
         item_weight: Tensor | None = None,
+        user_bias_weight: Tensor | None = None,
+        item_bias_weight: Tensor | None = None,
     ) -> MemberScores:
         """Per-copy predictions and, with `penalty`, the squared norms of the rows they used.
 
         In eval mode unseen users or items lose their terms (fallback); no clipping here.
         Without `penalty` the squared norms are None (they cost two passes over the rows).
-        `user_weight` / `item_weight` `(batch,)` scale each rating's `|p_u|^2` / `|q_i|^2`.
+        `user_weight` / `item_weight` `(batch,)` scale each rating's `|p_u|^2` / `|q_i|^2`, and
+        `user_bias_weight` / `item_bias_weight` its `b_u^2` / `b_i^2`.
         """
         shape = (-1, self.ensemble_size, self.embedding_dim)
         p = self.user_factors(user).view(shape)
@@ -284,7 +287,8 @@ class MatrixFactorization(nn.Module):
         bias_sq = None
         if self.user_bias is not None and self.item_bias is not None:
             b_u, b_i = self.user_bias(user), self.item_bias(item)
-            bias_sq = b_u.pow(2) + b_i.pow(2) if penalty else None
+            if penalty:
+                bias_sq = _weighted(b_u.pow(2), user_bias_weight) + _weighted(b_i.pow(2), item_bias_weight)
         if not self.training:
             user_seen = self.user_seen[user].unsqueeze(1)
             item_seen = self.item_seen[item].unsqueeze(1)

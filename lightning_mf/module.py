@@ -45,10 +45,11 @@ class RatingPredictor(LightningModule):
     suits the sparse path. Each rating b contributes
 
         (r_b - prediction_b)^2 + l2 * (w_u |p_u|^2 + w_i |q_i|^2) + l2_implicit * |imp_u|^2
-                               + l2_bias * (b_u^2 + b_i^2),      w = n^(l2_count_power - 1),
+                               + l2_bias * (v_u b_u^2 + v_i b_i^2),
 
-    where n is the row's number of training ratings (w = 1 by default: the classic penalty, paid
-    once per rating) and imp_u = |N(u)|^-1/2 sum_{j in N(u)} y_j is the SVD++ user term. The
+    with row weights w = n^(l2_count_power - 1) and v = n^(l2_bias_count_power - 1), where n is
+    the row's number of training ratings (weights 1 by default: the classic penalty, paid once
+    per rating; power 0 gives the classic damped mean for biases) and imp_u = |N(u)|^-1/2 sum_{j in N(u)} y_j is the SVD++ user term. The
     batch loss is the mean of these over the batch (`loss_reduction="mean"`, suits adaptive
     optimizers) or their sum (`"sum"`: each rating takes a full SGD step of size lr, the classic
     SGD-MF convention); ensemble copies are averaged. With `mean` the gradient is twice that of
@@ -73,6 +74,8 @@ class RatingPredictor(LightningModule):
             per-rating penalty, 0 charges each row one penalty per epoch (like weight decay),
             values between damp the penalty of frequent users and items. Needs the DataModule's
             `train_counts()` when not 1.
+        l2_bias_count_power: Exponent of the bias penalty's row weight n^(a-1), as
+            `l2_count_power` (0 shrinks a bias like the damped mean sum(residual) / (n + l2_bias)).
         loss_reduction: `mean` or `sum` of the per-rating losses over a batch (see above).
         sparse: Sparse embedding gradients, so only the batch's rows are read and updated (the fast
             path). Needs a sparse-capable optimizer: `lightning_mf.optim.RowAdagrad` (fastest, no
@@ -112,6 +115,7 @@ class RatingPredictor(LightningModule):
         l2_bias: float | None = None,
         l2_implicit: float | None = None,
         l2_count_power: float = 1.0,
+        l2_bias_count_power: float = 1.0,
         loss_reduction: Literal["mean", "sum"] = "mean",
         sparse: bool = False,
         implicit_feedback: bool = False,
@@ -154,11 +158,12 @@ class RatingPredictor(LightningModule):
         self.l2_bias = float(l2 if l2_bias is None else l2_bias)
         self.l2_implicit = float(l2 if l2_implicit is None else l2_implicit)
         self.l2_count_power = float(l2_count_power)
+        self.l2_bias_count_power = float(l2_bias_count_power)
         self.loss_reduction = loss_reduction
         self.implicit_lr_scale = float(implicit_lr_scale)
-        # Row weights n^(a-1) of the factor penalty, from the training counts at fit start.
-        self.register_buffer("user_l2_weight", torch.ones(0), persistent=False)
-        self.register_buffer("item_l2_weight", torch.ones(0), persistent=False)
+        # Row weights n^(a-1) of the factor and bias penalties, from the training counts at fit start.
+        for name in ("user_l2_weight", "item_l2_weight", "user_bias_l2_weight", "item_bias_l2_weight"):
+            self.register_buffer(name, torch.ones(0), persistent=False)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.val_mse, self.val_rmse, self.val_mae = (MeanSquaredError(), MeanSquaredError(squared=False),
@@ -177,9 +182,7 @@ class RatingPredictor(LightningModule):
         """The training objective of a batch (see the class docstring) and its data part, the MSE."""
         user, item, rating = batch
         penalize = self.l2 > 0 or self.l2_bias > 0 or self.l2_implicit > 0
-        weights = {}
-        if penalize and self.user_l2_weight.numel():
-            weights = {"user_weight": self.user_l2_weight[user], "item_weight": self.item_l2_weight[item]}
+        weights = self._penalty_weights(user, item) if penalize else {}
         scores = self.model.members(user, item, penalty=penalize, **weights)
         squared_error = (scores.prediction - rating.unsqueeze(1)).pow(2)
         data_loss = squared_error.mean()
@@ -261,6 +264,11 @@ class RatingPredictor(LightningModule):
         fused = isinstance(optimizer, FusedRowAdagrad)
         if fused:
             FusedRowAdagrad.check(self.model, self._trainer.world_size if self._trainer is not None else 1)
+            if self.l2_bias_count_power != 1.0:
+                raise ValueError(
+                    "RatingPredictor: FusedRowAdagrad supports l2, l2_bias and l2_count_power only; "
+                    "set l2_bias_count_power=1 or use lightning_mf.optim.RowAdagrad"
+                )
         self.automatic_optimization = not fused
         if self.hparams.cosine_decay:
             total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -278,7 +286,7 @@ class RatingPredictor(LightningModule):
     def on_fit_start(self) -> None:
         if self.device.type == "cpu":
             keep_freed_memory()
-        if self.l2_count_power != 1.0 and not self.user_l2_weight.numel():
+        if self._counts_needed() and not (self.user_l2_weight.numel() or self.user_bias_l2_weight.numel()):
             self._set_l2_weights()
         model = self.model
         if model.implicit_factors is None or model.implicit_items.numel() > 0:
@@ -297,17 +305,37 @@ class RatingPredictor(LightningModule):
         source = getattr(self.trainer.datamodule, "train_counts", None)
         if source is None:
             raise ValueError(
-                "RatingPredictor: l2_count_power != 1 needs each row's number of training ratings. Fit with a "
+                "RatingPredictor: l2_count_power or l2_bias_count_power != 1 needs each row's number of "
+                "training ratings. Fit with a "
                 "DataModule that has train_counts() -> (user_counts, item_counts), or call set_train_counts()."
             )
         self.set_train_counts(*source())
 
+    def _counts_needed(self) -> bool:
+        return self.l2_count_power != 1.0 or self.l2_bias_count_power != 1.0
+
     def set_train_counts(self, user_counts: Tensor, item_counts: Tensor) -> None:
-        """Per-row training counts n, which weight the factor penalty by n^(l2_count_power - 1)."""
-        power = self.l2_count_power - 1.0
+        """Per-row training counts n, which weight the penalties by n^(power - 1)."""
         # A row without training ratings is never looked up in training; its weight is moot.
-        self.user_l2_weight = user_counts.to(self.device, torch.float32).clamp(min=1).pow(power)
-        self.item_l2_weight = item_counts.to(self.device, torch.float32).clamp(min=1).pow(power)
+        users = user_counts.to(self.device, torch.float32).clamp(min=1)
+        items = item_counts.to(self.device, torch.float32).clamp(min=1)
+        if self.l2_count_power != 1.0:
+            self.user_l2_weight = users.pow(self.l2_count_power - 1.0)
+            self.item_l2_weight = items.pow(self.l2_count_power - 1.0)
+        if self.l2_bias_count_power != 1.0:
+            self.user_bias_l2_weight = users.pow(self.l2_bias_count_power - 1.0)
+            self.item_bias_l2_weight = items.pow(self.l2_bias_count_power - 1.0)
+
+    def _penalty_weights(self, user: Tensor, item: Tensor) -> dict[str, Tensor]:
+        """The batch's per-rating penalty weights (none when every power is 1)."""
+        weights = {}
+        if self.user_l2_weight.numel():
+            weights.update(user_weight=self.user_l2_weight[user], item_weight=self.item_l2_weight[item])
+        if self.user_bias_l2_weight.numel():
+            weights.update(
+                user_bias_weight=self.user_bias_l2_weight[user], item_bias_weight=self.item_bias_l2_weight[item]
+            )
+        return weights
 
     def _mark_seen(self, user: Tensor, item: Tensor) -> None:
         self.model.mark_seen(user, item)

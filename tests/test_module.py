@@ -349,3 +349,21 @@ def test_cosine_decay_runs_the_learning_rate_to_zero_over_the_fit(tmp_path: Path
     assert fit.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError, match="either lr_scheduler or cosine_decay"):
         make_module(data, 1000, cosine_decay=True, lr_scheduler=partial(torch.optim.lr_scheduler.StepLR, step_size=1))
+
+
+def test_bias_count_power_weights_the_bias_penalty() -> None:
+    data = low_rank_ratings(n=80)
+    module = make_module(data, 80, l2=0.0, l2_bias=10.0, l2_bias_count_power=0.0)
+    user_counts = torch.bincount(data.user.long(), minlength=NUM_USERS)
+    item_counts = torch.bincount(data.item.long(), minlength=NUM_ITEMS)
+    module.set_train_counts(user_counts, item_counts)
+    assert module.user_l2_weight.numel() == 0, "factor weights only when l2_count_power != 1"
+    model = module.model.train()
+    with torch.no_grad():
+        model.user_bias.weight.normal_()
+        model.item_bias.weight.normal_()
+    loss, data_loss = module.loss(data)
+    user, item = data.user.long(), data.item.long()
+    biases = (model.user_bias.weight[user, 0].pow(2) / user_counts[user].clamp(min=1)
+              + model.item_bias.weight[item, 0].pow(2) / item_counts[item].clamp(min=1))
+    torch.testing.assert_close(loss, data_loss + (10.0 * biases).mean())

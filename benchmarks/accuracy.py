@@ -53,6 +53,8 @@ class Score:
     rmse: float
     mae: float
     fit_s: float
+    ndcg: float | None = None
+    recall: float | None = None
 
 
 def prepare_splits(data_root: Path, work: Path) -> list[Split]:
@@ -85,7 +87,10 @@ def run_lightning_mf(split: Split, work: Path) -> Score:
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     fit_s = time.perf_counter() - started
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
-    return Score(split.dataset, split.name, "lightning_mf", metrics["test/rmse"], metrics["test/mae"], fit_s)
+    return Score(
+        split.dataset, split.name, "lightning_mf", metrics["test/rmse"], metrics["test/mae"], fit_s,
+        metrics["test/ndcg@10"], metrics["test/recall@10"],
+    )
 
 
 def _write_surprise_csv(frame: pl.DataFrame, path: Path) -> None:
@@ -133,18 +138,31 @@ def summarize(scores: list[Score]) -> list[dict]:
                 "splits": len(rows),
             }
         )
+        if rows[0].ndcg is not None:
+            results[-1]["ndcg@10"] = float(np.mean([r.ndcg for r in rows]))
+            results[-1]["recall@10"] = float(np.mean([r.recall for r in rows]))
     return results
 
 
 def markdown(scores: list[Score], results: list[dict]) -> str:
-    lines = ["| dataset | split | system | RMSE | MAE | fit s |", "|---|---|---|---:|---:|---:|"]
+    lines = [
+        "| dataset | split | system | RMSE | MAE | NDCG@10 | Recall@10 | fit s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def ranking(value: float | None) -> str:
+        return "" if value is None else f"{value:.4f}"
+
     for s in scores:
-        lines.append(f"| {s.dataset} | {s.split} | {s.system} | {s.rmse:.4f} | {s.mae:.4f} | {s.fit_s:.1f} |")
+        lines.append(
+            f"| {s.dataset} | {s.split} | {s.system} | {s.rmse:.4f} | {s.mae:.4f} | {ranking(s.ndcg)} | "
+            f"{ranking(s.recall)} | {s.fit_s:.1f} |"
+        )
     for r in results:
         label = "mean" if r["splits"] > 1 else "(one split)"
         lines.append(
             f"| **{r['dataset']}** | **{label}** | **{r['system']}** | **{r['rmse']:.4f}** | "
-            f"**{r['mae']:.4f}** | **{r['fit_s']:.1f}** |"
+            f"**{r['mae']:.4f}** | {ranking(r.get('ndcg@10'))} | {ranking(r.get('recall@10'))} | **{r['fit_s']:.1f}** |"
         )
     return "\n".join(lines)
 

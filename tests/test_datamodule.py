@@ -15,7 +15,7 @@ from lightning_mf.data.datamodule import RatingsDataModule, is_global_zero_from_
 from lightning_mf.data.options import PrepareOptions
 from lightning_mf.data.stream import TrainStream
 from lightning_mf.errors import DataError
-from tests.helpers import make_dataset, read_split
+from helpers import make_dataset, read_split
 
 RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
 

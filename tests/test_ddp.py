@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import make_dataset, read_split
+from helpers import make_dataset, read_split
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 2

@@ -14,7 +14,7 @@ from lightning_mf.data import schema, stream
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.data.stream import EvalStream, TrainStream, batches_per_rank
 from lightning_mf.errors import DataError
-from tests.helpers import make_dataset, read_split
+from helpers import make_dataset, read_split
 
 
 def write_train(path: Path, rows: int, row_group_size: int) -> Path:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import csv
 from functools import partial
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from lightning_mf.data.batch import RatingBatch
@@ -75,9 +78,29 @@ def test_update_equals_row_adagrad_through_autograd(kwargs: dict, decay: float, 
             torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_update_follows_batch_size_changes(threads: int) -> None:
+    """Kept step buffers grow and shrink with the batch; odd sizes and a single rating split cleanly."""
+    reference = module(l2_bias=0.2)
+    fused = copy.deepcopy(reference)
+    reference_opt = RowAdagrad(reference.parameters(), lr=0.1, weight_decay=0.01)
+    fused_opt = FusedRowAdagrad(fused.parameters(), lr=0.1, weight_decay=0.01, threads=threads)
+    for seed, size in enumerate([64, 1, 17, 130, 2, 64]):
+        batch = batch_of(size, seed)
+        loss, data_loss = reference.loss(batch)
+        reference_opt.zero_grad()
+        loss.backward()
+        reference_opt.step()
+        mse = fused_opt.update(fused.model, *batch, l2=fused.l2, l2_bias=fused.l2_bias)
+        torch.testing.assert_close(mse, data_loss.detach())
+        for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=f"{name} after a batch of {size}")
+
+
 def trainer(tmp_path: Path, epochs: int, **kwargs) -> pl.Trainer:
-    return pl.Trainer(max_epochs=epochs, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                      enable_checkpointing=False, default_root_dir=tmp_path, num_sanity_val_steps=0, **kwargs)
+    options = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                   num_sanity_val_steps=0)
+    return pl.Trainer(max_epochs=epochs, default_root_dir=tmp_path, **{**options, **kwargs})
 
 
 def test_lightning_drives_it_by_manual_optimization(tmp_path: Path) -> None:
@@ -135,3 +158,42 @@ def test_step_without_the_modules_closure_is_an_error() -> None:
 def test_bad_arguments_are_rejected(name: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"FusedRowAdagrad: {name} must be"):
         FusedRowAdagrad(module().parameters(), **{name: value})
+
+
+class EveryStepLogging(RatingPredictor):
+    """The training step's logging as it was: `self.log` of both losses on every step."""
+
+    def training_step(self, batch: RatingBatch, batch_idx: int) -> None:
+        self._mark_seen(batch.user, batch.item)
+        mse = self._fused_step(batch)
+        size = batch.rating.shape[0]
+        self.log("train/loss", mse, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
+        self.log("train/loss_step", mse, on_step=True, on_epoch=False, batch_size=size)
+
+    def on_train_epoch_end(self) -> None:
+        self._step_schedulers("epoch")
+
+
+def logged(tmp_path: Path, cls: type[RatingPredictor]) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every train loss a 3-epoch fit writes, per tag (batches of unequal sizes)."""
+    torch.manual_seed(0)
+    model = cls(NUM_USERS, NUM_ITEMS, 0.5, 5.0, 3.0, embedding_dim=8, init_std=0.3, l2=0.05,
+                optimizer=partial(FusedRowAdagrad, lr=0.1))
+    train = [batch_of(size, seed) for seed, size in enumerate([40, 90, 17, 64, 33])]
+    logger = CSVLogger(tmp_path, name=cls.__name__)
+    trainer(tmp_path, 3, limit_val_batches=0, logger=logger, log_every_n_steps=3).fit(
+        model, DataLoader(train, batch_size=None))
+    with (Path(logger.log_dir) / "metrics.csv").open() as metrics:
+        rows = list(csv.DictReader(metrics))
+    return {tag: [(int(row["step"]), float(row[tag])) for row in rows if row.get(tag)]
+            for tag in ("train/loss", "train/loss_step")}
+
+
+def test_train_losses_are_logged_as_when_logging_every_step(tmp_path: Path) -> None:
+    """`train/loss` stays the epoch's rating-weighted mean MSE, `train/loss_step` keeps every written step."""
+    expected, actual = logged(tmp_path, EveryStepLogging), logged(tmp_path, RatingPredictor)
+    assert len(actual["train/loss"]) == 3 and len(actual["train/loss_step"]) == 5  # 15 steps, every 3rd
+    for tag in expected:
+        assert [step for step, _ in actual[tag]] == [step for step, _ in expected[tag]], tag
+        # Same fit either way, up to the order of float additions in torch's scatter kernels.
+        np.testing.assert_allclose([v for _, v in actual[tag]], [v for _, v in expected[tag]], rtol=1e-4, err_msg=tag)

@@ -8,7 +8,7 @@ the model after the DataModule is built, never written in YAML.
 Defaults added here (each overridable from a config or the command line):
 
 - `checkpoint`: a ModelCheckpoint keeping the best `val/rmse` (mode min) and the last epoch, in the
-  run's log folder under `checkpoints/`;
+  run's log folder under `checkpoints/` (`--trainer.enable_checkpointing false` leaves it out);
 - `lr_monitor`: a LearningRateMonitor;
 - `trainer.logger`: a TensorBoardLogger writing to `runs/<name>/version_<n>` (set the name with
   `--trainer.logger.init_args.name`), where the run's `config.yaml` is saved too;
@@ -123,6 +123,13 @@ class MFLightningCLI(LightningCLI):
         parser.add_lightning_class_args(ParquetPredictionWriter, "predictions")
         for name in LINKED_FROM_DATA:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[pl.Callback]) -> pl.Trainer:
+        # `--trainer.enable_checkpointing false` turns our default ModelCheckpoint off too, instead
+        # of Lightning's error about a checkpoint callback on a trainer without checkpointing.
+        if config.get("enable_checkpointing") is False:
+            callbacks = [callback for callback in callbacks if not isinstance(callback, ModelCheckpoint)]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 # Our streams' lengths are exact with workers (see lightning_mf.data.stream), which Lightning cannot

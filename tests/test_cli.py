@@ -110,3 +110,13 @@ def test_bf16_mixed_precision_runs_on_cpu(fitted: Path) -> None:
     result = run(args, fitted)
     assert result.returncode == 0, result.stderr[-4000:]
     assert (fitted / "runs" / "bf16" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.slow
+def test_checkpointing_off_drops_the_default_checkpoint(fitted: Path) -> None:
+    args = ["fit", "--config", str(QUICKSTART), *SMALL, "--trainer.max_epochs", "1",
+            "--trainer.enable_checkpointing", "false", "--trainer.logger.init_args.name", "no_checkpoints"]
+    result = run(args, fitted)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run_dir = fitted / "runs" / "no_checkpoints" / "version_0"
+    assert (run_dir / "config.yaml").is_file() and not (run_dir / "checkpoints").exists()

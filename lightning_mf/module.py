@@ -201,10 +201,10 @@ class RatingPredictor(LightningModule):
 
     def training_step(self, batch: RatingBatch, batch_idx: int) -> Tensor | None:
         user, item, rating = batch
-        self._mark_seen(user, item)
         if self.automatic_optimization:
+            self._mark_seen(user, item)
             loss, data_loss = self.loss(batch)
-        else:
+        else:  # marks the seen rows itself
             loss, data_loss = None, self._fused_step(batch)
         self._track_train_loss(data_loss.detach(), rating.shape[0])
         return loss
@@ -404,7 +404,8 @@ class RatingPredictor(LightningModule):
             weights = {"user_weight": self.user_l2_weight[user], "item_weight": self.item_l2_weight[item]}
         result: list[Tensor] = []
         update = partial(optimizer.optimizer.update, self.model, user, item, rating, l2=self.l2,
-                         l2_bias=self.l2_bias, reduction=self.loss_reduction, **weights)
+                         l2_bias=self.l2_bias, reduction=self.loss_reduction,
+                         beside=partial(self._mark_seen, user, item), **weights)
         optimizer.step(closure=lambda: result.append(update()))
         self._step_schedulers("step")
         return result[0]

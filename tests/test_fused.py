@@ -116,6 +116,13 @@ def test_lightning_drives_it_by_manual_optimization(tmp_path: Path) -> None:
     # The step-interval cosine schedule is stepped by the module under manual optimization.
     assert fit.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-9)
     assert fit.callback_metrics["train/loss"].item() < 2.0
+    # The seen-marks (set in the optimizer's second thread) cover exactly the trained rows.
+    users = torch.zeros(NUM_USERS, dtype=torch.bool)
+    items = torch.zeros(NUM_ITEMS, dtype=torch.bool)
+    for batch in train:
+        users[batch.user.long()] = True
+        items[batch.item.long()] = True
+    assert torch.equal(model.model.user_seen, users) and torch.equal(model.model.item_seen, items)
 
 
 def test_epoch_schedulers_are_stepped(tmp_path: Path) -> None:

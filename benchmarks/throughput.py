@@ -176,6 +176,7 @@ def measure_fast(args: argparse.Namespace, data_dir: Path, env: dict[str, str], 
     command = fit_args([FAST_CONFIG], data_dir, timer, work, args) + ["--data.batch_size", str(args.batch_size)]
     if args.steps:
         command += ["--trainer.max_steps", str(args.steps)]
+    command += args.fit_overrides
     started = time.perf_counter()
     run_child(command, env, work, work / "fast.log")
     figures = json.loads(timer.read_text())
@@ -233,6 +234,7 @@ def summarize(args: argparse.Namespace, meta: dict[str, Any], parts: dict[str, d
     seed_rate = seed.get("ratings_per_s")
     return {
         "device": fast.get("device", args.device),
+        "fit_overrides": args.fit_overrides,
         "precision": args.precision,
         "machine": machine(),
         "torch": fast.get("torch"),
@@ -283,11 +285,14 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"device {r['device']}, precision {r['precision']}, {r['threads']} torch thread(s); torch {r['torch']}, "
         f"lightning {r['lightning']}",
         f"machine: {r['machine']}; load average {r['load_average_before']:.2f} before, "
-        f"{r['load_average_after']:.2f} after",
+        f"{r['load_average_after']:.2f} after"
+        + (f"; fast-path overrides: {' '.join(r['fit_overrides'])}" if r.get("fit_overrides") else ""),
         "",
         "| what | M ratings/s | epoch (s) | notes |",
         "|---|---:|---:|---|",
-        f"| lightning_mf fast path (fit, dim 128, FusedRowAdagrad, batch {r['batch_size']:,}) | "
+        f"| lightning_mf fast path (fit, dim 128, "
+        f"{'configs/throughput.yaml with the overrides above' if r.get('fit_overrides') else 'FusedRowAdagrad'}, "
+        f"batch {r['batch_size']:,}) | "
         f"{fmt(r['lmf_ratings_per_s'], m, 3)} | {fmt(r['epoch_s'], 1, 1)} | {r['epoch_s_kind']}; "
         f"val {fmt(r['val_s'], 1, 2)} s for {r['val_rows']:,} ratings, val RMSE {fmt(r['val_rmse'], 1, 4)}; "
         f"peak RSS {fmt(r['peak_rss_mb'], 1, 0)} MB |",
@@ -338,6 +343,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true",
                         help="A smoke run: 20 seed-config steps and at most 20,000 ratings for Surprise.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures as JSON.")
+    parser.add_argument("fit_overrides", nargs="*", metavar="-- FIT_ARG",
+                        help="After `--`: more `fit` arguments for the fast path, e.g. "
+                             "`-- --model.optimizer.init_args.threads 1`.")
     args = parser.parse_args(argv)
     if args.quick:
         args.seed_steps = min(args.seed_steps, 20)

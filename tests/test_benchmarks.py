@@ -83,6 +83,9 @@ def test_throughput_defaults_follow_the_device() -> None:
     cpu = throughput.parse([])
     assert (cpu.batch_size, cpu.threads, cpu.rows) == (throughput.DEFAULT_BATCH["cpu"], 1, 25_000_000)
     assert cpu.surprise_epochs >= 5  # enough epochs that Surprise's table initialisation is amortized
+    assert cpu.fit_overrides == []
+    varied = throughput.parse(["--skip", "seed", "--", "--model.optimizer.init_args.threads", "1"])
+    assert varied.skip == ["seed"] and varied.fit_overrides == ["--model.optimizer.init_args.threads", "1"]
     quick = throughput.parse(["--quick"])
     assert quick.seed_steps <= 20 and quick.surprise_rows <= 20_000
 

@@ -278,6 +278,11 @@ def fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value / scale:,.{digits}f}"
 
 
+def times(value: float | None, digits: int = 2) -> str:
+    """A ratio as `1.23x`, or `n/a` when a side was not measured."""
+    return "n/a" if value is None else f"{fmt(value, 1, digits)}x"
+
+
 def report(r: dict[str, Any], args: argparse.Namespace) -> str:
     m = 1e6
     lines = [
@@ -298,7 +303,7 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"peak RSS {fmt(r['peak_rss_mb'], 1, 0)} MB |",
         f"| seed config (fit, batch 256, dense Adam, dim 128, wd 1e-5) | {fmt(r['seed_config_ratings_per_s'], m, 4)} | "
         f"{fmt(r['seed_config_epoch_s'], 1, 0)} | extrapolated from {r['seed_config_steps']} steps |",
-        f"| Surprise SVD, 128 factors, {r['surprise_epochs'] or '-'}-epoch fit | "
+        f"| Surprise SVD, 128 factors, {args.surprise_epochs}-epoch fit | "
         f"{fmt(r['surprise_ratings_per_s'], m, 3)} | {fmt(ratio(r['train_rows'], r['surprise_ratings_per_s']), 1, 0)} | "
         + (f"{r['surprise_rows']:,} training ratings, extrapolated; epochs x ratings / fit time, its "
            f"{fmt(r['surprise_init_s'], 1, 1)} s table initialisation included |" if r["surprise_rows"]
@@ -309,9 +314,9 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"| DataModule alone (train loader) | {fmt(r['loader_ratings_per_s'], m, 1)} | "
         f"{fmt(ratio(r['train_rows'], r['loader_ratings_per_s']), 1, 1)} | batch {r['batch_size']:,} |",
         "",
-        f"lightning_mf / Surprise ({r['surprise_epochs'] or '-'}-epoch fit): {fmt(r['lmf_over_surprise'])}x; "
-        f"lightning_mf / Surprise's SGD loop alone: {fmt(r['lmf_over_surprise_sgd'])}x; lightning_mf / seed config: "
-        f"{fmt(r['lmf_over_seed_config'], 1, 0)}x; loader / lightning_mf: {fmt(r['loader_over_lmf'], 1, 1)}x; "
+        f"lightning_mf / Surprise ({args.surprise_epochs}-epoch fit): {times(r['lmf_over_surprise'])}; "
+        f"lightning_mf / Surprise's SGD loop alone: {times(r['lmf_over_surprise_sgd'])}; lightning_mf / seed config: "
+        f"{times(r['lmf_over_seed_config'], 0)}; loader / lightning_mf: {times(r['loader_over_lmf'], 1)}; "
         f"a 25M-rating epoch at this rate: {fmt(r['epoch_25m_s'], 1, 1)} s",
     ]
     return "\n".join(lines)

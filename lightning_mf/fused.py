@@ -43,6 +43,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_mf.model import MatrixFactorization
+from lightning_mf.optim import check_hyperparameters
 
 _A = TypeVar("_A")
 _B = TypeVar("_B")
@@ -75,16 +76,7 @@ class FusedRowAdagrad(Optimizer):
         weight_decay: float = 0.0,
         threads: int = 2,
     ) -> None:
-        if lr <= 0.0:
-            raise ValueError(f"FusedRowAdagrad: lr must be > 0, got {lr}")
-        if eps <= 0.0:
-            raise ValueError(f"FusedRowAdagrad: eps must be > 0, got {eps}")
-        if initial_accumulator_value < 0.0:
-            raise ValueError(
-                f"FusedRowAdagrad: initial_accumulator_value must be >= 0, got {initial_accumulator_value}"
-            )
-        if weight_decay < 0.0:
-            raise ValueError(f"FusedRowAdagrad: weight_decay must be >= 0, got {weight_decay}")
+        check_hyperparameters("FusedRowAdagrad", lr, eps, weight_decay, initial_accumulator_value)
         if threads not in (1, 2):
             raise ValueError(f"FusedRowAdagrad: threads must be 1 or 2, got {threads}")
         defaults = dict(lr=lr, eps=eps, initial_accumulator_value=initial_accumulator_value,

@@ -24,6 +24,20 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 
+def check_hyperparameters(owner: str, lr: float, eps: float, weight_decay: float,
+                          initial_accumulator_value: float = 0.0) -> None:
+    """Raises a `ValueError` naming `owner` for a learning rate or eps <= 0, or a negative decay or
+    accumulator start: the checks every row-wise optimizer here shares."""
+    if lr <= 0.0:
+        raise ValueError(f"{owner}: lr must be > 0, got {lr}")
+    if eps <= 0.0:
+        raise ValueError(f"{owner}: eps must be > 0, got {eps}")
+    if initial_accumulator_value < 0.0:
+        raise ValueError(f"{owner}: initial_accumulator_value must be >= 0, got {initial_accumulator_value}")
+    if weight_decay < 0.0:
+        raise ValueError(f"{owner}: weight_decay must be >= 0, got {weight_decay}")
+
+
 class RowAdam(Optimizer):
     """Lazy Adam: a sparse gradient updates only its rows, each with its own bias correction.
 
@@ -52,14 +66,9 @@ class RowAdam(Optimizer):
         weight_decay: float = 0.0,
         decoupled_weight_decay: bool = False,
     ) -> None:
-        if lr <= 0.0:
-            raise ValueError(f"RowAdam: lr must be > 0, got {lr}")
+        check_hyperparameters("RowAdam", lr, eps, weight_decay)
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"RowAdam: betas must lie in [0, 1), got {betas}")
-        if eps <= 0.0:
-            raise ValueError(f"RowAdam: eps must be > 0, got {eps}")
-        if weight_decay < 0.0:
-            raise ValueError(f"RowAdam: weight_decay must be >= 0, got {weight_decay}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
@@ -162,14 +171,7 @@ class RowAdagrad(Optimizer):
         initial_accumulator_value: float = 0.0,
         weight_decay: float = 0.0,
     ) -> None:
-        if lr <= 0.0:
-            raise ValueError(f"RowAdagrad: lr must be > 0, got {lr}")
-        if eps <= 0.0:
-            raise ValueError(f"RowAdagrad: eps must be > 0, got {eps}")
-        if initial_accumulator_value < 0.0:
-            raise ValueError(f"RowAdagrad: initial_accumulator_value must be >= 0, got {initial_accumulator_value}")
-        if weight_decay < 0.0:
-            raise ValueError(f"RowAdagrad: weight_decay must be >= 0, got {weight_decay}")
+        check_hyperparameters("RowAdagrad", lr, eps, weight_decay, initial_accumulator_value)
         defaults = dict(lr=lr, eps=eps, initial_accumulator_value=initial_accumulator_value,
                         weight_decay=weight_decay)
         super().__init__(params, defaults)

@@ -26,7 +26,8 @@ class FitTimer(pl.Callback):
     Written keys: `ratings_per_s` (ratings of the timed batches over their wall time), `timed_s`,
     `timed_ratings`, `timed_cpu_s` (process CPU time in the timed window), `batches`, `ratings`,
     `epoch_s` (first training epoch, from its start to its last batch's end, validation
-    excluded), `epoch_complete` (whether that
+    excluded), `warmup_s` (from that start to the end of the warm-up batches: where
+    `FusedRowAdagrad(compile=True)` compiles), `epoch_complete` (whether that
     epoch ran to its end rather than stopping at `max_steps`), `epoch_batches`, `val_s` (the
     first validation run after training started, sanity check excluded), `val_rmse`,
     `peak_rss_mb` (the fit process's peak resident set), `device`, `precision`, `torch_threads`,
@@ -61,6 +62,7 @@ class FitTimer(pl.Callback):
         self._epoch_complete = False
         self._val_start: float | None = None
         self._val_s: float | None = None
+        self._warmup_s: float | None = None
 
     @staticmethod
     def _now(pl_module: pl.LightningModule) -> float:
@@ -90,6 +92,8 @@ class FitTimer(pl.Callback):
             self._epoch_batches += 1
         last_of_epoch = batch_idx + 1 == trainer.num_training_batches
         last_of_fit = 0 < trainer.max_steps <= trainer.global_step
+        if self._batches == self.warmup_batches and self._epoch_start is not None:
+            self._warmup_s = self._now(pl_module) - self._epoch_start
         if self._batches == self.warmup_batches and not (last_of_epoch or last_of_fit):
             self._start_segment(pl_module)
             return
@@ -126,6 +130,7 @@ class FitTimer(pl.Callback):
             "batches": self._batches,
             "ratings": self._ratings,
             "epoch_s": self._epoch_s,
+            "warmup_s": self._warmup_s,
             "epoch_complete": self._epoch_complete,
             "epoch_batches": self._epoch_batches,
             "val_s": self._val_s,

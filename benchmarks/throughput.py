@@ -250,6 +250,7 @@ def summarize(args: argparse.Namespace, meta: dict[str, Any], parts: dict[str, d
         "epoch_s": epoch_s,
         "epoch_s_kind": kind,
         "epoch_25m_s": TARGET_EPOCH_RATINGS / rate if rate else None,
+        "warmup_s": fast.get("warmup_s"),
         "val_s": fast.get("val_s"),
         "val_rows": meta["splits"]["val"]["rows"],
         "val_rmse": fast.get("val_rmse"),
@@ -299,6 +300,7 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"{'configs/throughput.yaml with the overrides above' if r.get('fit_overrides') else 'FusedRowAdagrad'}, "
         f"batch {r['batch_size']:,}) | "
         f"{fmt(r['lmf_ratings_per_s'], m, 3)} | {fmt(r['epoch_s'], 1, 1)} | {r['epoch_s_kind']}; "
+        f"first step (compiling, if enabled) {fmt(r.get('warmup_s'), 1, 1)} s, in the epoch but not the rate; "
         f"val {fmt(r['val_s'], 1, 2)} s for {r['val_rows']:,} ratings, val RMSE {fmt(r['val_rmse'], 1, 4)}; "
         f"peak RSS {fmt(r['peak_rss_mb'], 1, 0)} MB |",
         f"| seed config (fit, batch 256, dense Adam, dim 128, wd 1e-5) | {fmt(r['seed_config_ratings_per_s'], m, 4)} | "

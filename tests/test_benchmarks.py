@@ -17,7 +17,7 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 THROUGHPUT_KEYS = {
     "device", "precision", "machine", "torch", "threads", "batch_size", "train_rows",
     "lmf_ratings_per_s", "seed_config_ratings_per_s", "surprise_ratings_per_s", "loader_ratings_per_s",
-    "peak_rss_mb", "epoch_s", "epoch_s_kind", "val_s", "val_rmse",
+    "peak_rss_mb", "epoch_s", "epoch_s_kind", "warmup_s", "val_s", "val_rmse",
     "lmf_over_surprise", "lmf_over_surprise_sgd", "surprise_epochs", "surprise_sgd_ratings_per_s",
     "lmf_over_seed_config", "loader_over_lmf", "load_average_before",
 }
@@ -39,7 +39,7 @@ def test_throughput_quick_run_writes_every_figure(tmp_path: Path) -> None:
     figures = json.loads(out.read_text())
     assert THROUGHPUT_KEYS <= figures.keys(), THROUGHPUT_KEYS - figures.keys()
     for key in ("lmf_ratings_per_s", "seed_config_ratings_per_s", "loader_ratings_per_s", "peak_rss_mb", "epoch_s",
-                "val_s", "lmf_over_seed_config", "loader_over_lmf"):
+                "warmup_s", "val_s", "lmf_over_seed_config", "loader_over_lmf"):
         assert positive(figures[key]), (key, figures[key])
     assert figures["device"].startswith("cpu") and figures["threads"] == 1
     # 19,200 training ratings in batches of 1,024 are one short epoch: measured, not extrapolated.

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import os
+import shutil
+import warnings
+from collections import Counter
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -14,6 +19,7 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
+from lightning_mf import fused_kernels
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.fused import FusedRowAdagrad
 from lightning_mf.module import RatingPredictor
@@ -52,17 +58,22 @@ CASES = {
 @pytest.mark.parametrize("threads", [1, 2])
 def test_update_equals_row_adagrad_through_autograd(kwargs: dict, decay: float, row_weights: bool,
                                                     threads: int) -> None:
+    assert_matches_row_adagrad(kwargs, decay, row_weights, dict(threads=threads))
+
+
+def assert_matches_row_adagrad(kwargs: dict, decay: float, row_weights: bool, fused_options: dict,
+                               steps: int = 3) -> FusedRowAdagrad:
     reference = module(**kwargs)
     fused = copy.deepcopy(reference)
     options = dict(lr=0.1, initial_accumulator_value=0.01, weight_decay=decay)
     reference_opt = RowAdagrad(reference.parameters(), **options)
-    fused_opt = FusedRowAdagrad(fused.parameters(), threads=threads, **options)
+    fused_opt = FusedRowAdagrad(fused.parameters(), **fused_options, **options)
     if row_weights:
         counts = (torch.arange(NUM_USERS) % 7 + 1, torch.arange(NUM_ITEMS) % 5 + 1)
         reference.l2_count_power = fused.l2_count_power = 0.5
         reference.set_train_counts(*counts)
         fused.set_train_counts(*counts)
-    for seed in range(3):
+    for seed in range(steps):
         batch = batch_of(64, seed)
         loss, data_loss = reference.loss(batch)
         reference_opt.zero_grad()
@@ -76,6 +87,7 @@ def test_update_equals_row_adagrad_through_autograd(kwargs: dict, decay: float, 
         torch.testing.assert_close(mse, data_loss.detach())
         for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
             torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
+    return fused_opt
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -95,6 +107,99 @@ def test_update_follows_batch_size_changes(threads: int) -> None:
         torch.testing.assert_close(mse, data_loss.detach())
         for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
             torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=f"{name} after a batch of {size}")
+
+
+class PlainStages:
+    """Stands in for `CompiledStages` with the same functions run as plain Python: the kernels'
+    math and their wiring into the step, without a compiler. Records the batch size of every call."""
+
+    def __init__(self) -> None:
+        self.sizes: Counter[tuple[str, int]] = Counter()
+        self.update_table = self._recorded("update_table", fused_kernels.update_table)
+        self.update_bias = self._recorded("update_bias", fused_kernels.update_bias)
+
+    def _recorded(self, name: str, function: Callable[..., None]) -> Callable[..., None]:
+        def call(table: torch.Tensor, accumulator: torch.Tensor, rows: torch.Tensor, *args: object) -> None:
+            self.sizes[name, rows.shape[0]] += 1
+            function(table, accumulator, rows, *args)
+        return call
+
+
+def plain_stages(monkeypatch: pytest.MonkeyPatch) -> list[PlainStages]:
+    made: list[PlainStages] = []
+
+    def make() -> PlainStages:
+        made.append(PlainStages())
+        return made[-1]
+
+    monkeypatch.setattr("lightning_mf.fused.CompiledStages", make)
+    return made
+
+
+@pytest.mark.parametrize("kwargs", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("row_weights", [False, True], ids=["unweighted", "row-weighted"])
+def test_compiled_stages_math_equals_row_adagrad(kwargs: dict, row_weights: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    made = plain_stages(monkeypatch)
+    assert_matches_row_adagrad(kwargs, 0.01, row_weights, dict(threads=2, compile=True))
+    (stages,) = made
+    # The first step runs in one thread (it compiles), the other two in both: every table, every step.
+    assert stages.sizes["update_table", 64] == 2 * 3
+    assert stages.sizes["update_bias", 64] == (0 if kwargs.get("use_bias") is False else 2 * 3)
+
+
+def test_compiled_stages_serve_the_first_batch_size_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An epoch's shorter last batch runs eagerly instead of compiling a second set of kernels."""
+    made = plain_stages(monkeypatch)
+    reference = module(l2_bias=0.2)
+    fused = copy.deepcopy(reference)
+    reference_opt = RowAdagrad(reference.parameters(), lr=0.1)
+    fused_opt = FusedRowAdagrad(fused.parameters(), lr=0.1, compile=True)
+    for seed, size in enumerate([64, 17, 64]):
+        batch = batch_of(size, seed)
+        loss, _ = reference.loss(batch)
+        reference_opt.zero_grad()
+        loss.backward()
+        reference_opt.step()
+        fused_opt.update(fused.model, *batch, l2=fused.l2, l2_bias=fused.l2_bias)
+        for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
+            torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=f"{name} after a batch of {size}")
+    assert made[0].sizes == Counter({("update_table", 64): 4, ("update_bias", 64): 4})
+
+
+def test_compile_failure_warns_once_and_trains_on_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Failing:
+        def update_table(self, *args: object) -> None:
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+
+        update_bias = update_table
+
+    monkeypatch.setattr("lightning_mf.fused.CompiledStages", Failing)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert_matches_row_adagrad({}, 0.01, True, dict(threads=2, compile=True))
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(messages) == 1 and "compiling failed, training on with the eager kernels" in messages[0]
+    assert "No working C++ compiler" in messages[0]
+
+
+def has_cxx_compiler() -> bool:
+    return shutil.which(os.environ.get("CXX", "g++")) is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile's CPU backend needs a C++ compiler (g++ or $CXX)")
+def test_torch_compiled_update_equals_row_adagrad_and_compiles_once() -> None:
+    """The real thing: inductor's kernels, run from both threads, match RowAdagrad, and the steps after
+    the first reuse the first step's kernels (one per table and kind, none per step)."""
+    from torch._dynamo.utils import counters
+
+    before = counters["stats"]["unique_graphs"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a failed compile would only warn
+        optimizer = assert_matches_row_adagrad({}, 0.01, True, dict(threads=2, compile=True), steps=4)
+    assert optimizer.__dict__.get("_compiled_warm") and not optimizer.__dict__.get("_compile_failed")
+    assert counters["stats"]["unique_graphs"] - before <= 4
 
 
 def trainer(tmp_path: Path, epochs: int, **kwargs) -> pl.Trainer:

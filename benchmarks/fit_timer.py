@@ -92,11 +92,12 @@ class FitTimer(pl.Callback):
             self._epoch_batches += 1
         last_of_epoch = batch_idx + 1 == trainer.num_training_batches
         last_of_fit = 0 < trainer.max_steps <= trainer.global_step
-        if self._batches == self.warmup_batches and self._epoch_start is not None:
-            self._warmup_s = self._now(pl_module) - self._epoch_start
-        if self._batches == self.warmup_batches and not (last_of_epoch or last_of_fit):
-            self._start_segment(pl_module)
-            return
+        if self._batches == self.warmup_batches:
+            if self._epoch_start is not None:
+                self._warmup_s = self._now(pl_module) - self._epoch_start
+            if not (last_of_epoch or last_of_fit):
+                self._start_segment(pl_module)
+                return
         if not (last_of_epoch or last_of_fit):
             return
         now = self._now(pl_module)

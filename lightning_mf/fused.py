@@ -155,10 +155,10 @@ class FusedRowAdagrad(Optimizer):
 
     @torch.no_grad()  # grad mode is per thread: the worker thread needs its own
     def _side(self, table: Tensor, rows: Tensor, own: Tensor, other: Tensor, d: Tensor, c: Tensor | float,
-              products: tuple[Tensor, Tensor | None, Tensor, Tensor], out: Tensor,
+              products: tuple[Tensor, Tensor | None, Tensor, Tensor], out: Tensor | None,
               stages: CompiledStages | None = None) -> None:
         """Updates one factor table: each rating's row `own` moves by `s (d other + c own)`, built in `out`
-        (or, with `stages`, by one compiled loop without `out`).
+        (or, with `stages`, by one compiled loop that needs no `out`; None is then allowed).
 
         `products` are per rating d^2, d (p . q) (None without a penalty), |other|^2 and |own|^2.
         """
@@ -173,6 +173,8 @@ class FusedRowAdagrad(Optimizer):
         # Accumulators grow by the mean square over the row's entries.
         square = _square(d_square, other_sq, d_dot, c, own_sq).div_(table.shape[1])
         scale = self._scales([(table, rows, square)])[0]
+        if out is None:  # only on the step whose compiling failed
+            out = torch.empty_like(other)
         torch.mul(other, (scale * d).unsqueeze(1), out=out)
         if _nonzero(c):
             out.addcmul_(own, (scale * c).unsqueeze(1))
@@ -316,20 +318,22 @@ class FusedRowAdagrad(Optimizer):
             pp, qq = step.gram[:, 0, 0], step.gram[:, 1, 1]
             b_u, b_i, error, d, square, d_dot = step.vectors
             data_mse = torch.dot(error, error) / size
-            out = self._scratch("update", (2, size, width), P)
+            # Compiled stages build no update buffer.
+            user_out, item_out = (self._scratch("update", (2, size, width), P).unbind(0) if stages is None
+                                  else (None, None))
             # Per rating, p_u moves by s_u (d q_i + c_u p_u), q_i by s_i (d p_u + c_i q_i), with
             # Adagrad's step factors s. A table's update is not elementwise (a row can repeat in
             # a batch): each thread builds and scatters one table's, from start to end, so the
             # two meet once. The user table is the larger (slower to scatter into): the biases
             # go beside the items.
             products = (square, d_dot if step.penalized else None)
-            items = [partial(self._side, Q, item, q, p, d, c_i, (*products, pp, qq), out[1], stages)]
+            items = [partial(self._side, Q, item, q, p, d, c_i, (*products, pp, qq), item_out, stages)]
             if model.user_bias is not None and model.item_bias is not None:
                 items.append(partial(self._biases, d, [(model.user_bias.weight, user, b_u, n * l2_bias),
                                                        (model.item_bias.weight, item, b_i, n * l2_bias)], stages))
             if beside is not None:
                 items.append(beside)
-            self._both(threaded, partial(self._side, P, user, p, q, d, c_u, (*products, qq, pp), out[0], stages),
+            self._both(threaded, partial(self._side, P, user, p, q, d, c_u, (*products, qq, pp), user_out, stages),
                        partial(_run, items))
         if stages is not None:
             self.__dict__["_compiled_warm"] = True

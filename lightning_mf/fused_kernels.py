@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+
 def update_table(
     table: Tensor,
     accumulator: Tensor,

@@ -30,8 +30,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from lightning_mf.data.options import PrepareOptions
-from lightning_mf.data.prepare import prepare_dataset
+from lightning_mf.prepare.options import PrepareOptions
+from lightning_mf.prepare.pipeline import prepare_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 ML100K_FOLDS = ("u1", "u2", "u3", "u4", "u5")

@@ -27,7 +27,7 @@ print(json.dumps({{"seconds": time.perf_counter() - started,
 """
 
 PREPARE = """
-from lightning_mf.data.prepare_cli import main
+from lightning_mf.prepare.command import main
 status = main(sys.argv[1:])
 if status:
     sys.exit(status)

@@ -30,9 +30,9 @@ from typing import Any
 import torch
 
 from lightning_mf.data.datamodule import RatingsDataModule
-from lightning_mf.data.options import PrepareOptions
-from lightning_mf.fused import FusedRowAdagrad
-from lightning_mf.module import RatingPredictor
+from lightning_mf.prepare.options import PrepareOptions
+from lightning_mf.training.fused import FusedRowAdagrad
+from lightning_mf.training.module import RatingPredictor
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 0.005

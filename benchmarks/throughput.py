@@ -10,7 +10,7 @@ In one run, each in its own child process:
    into `--cache_dir` and reused;
 2. loader: the DataModule alone, iterating its train loader for one epoch;
 3. lightning_mf: `python -m lightning_mf fit --config configs/throughput.yaml` (dim 128, row-wise
-   Adagrad in closed form, `lightning_mf.fused.FusedRowAdagrad`, large batches) for one epoch, or
+   Adagrad in closed form, `lightning_mf.training.fused.FusedRowAdagrad`, large batches) for one epoch, or
    `--steps`; a callback (`benchmarks/fit_timer.py`) times it from inside, start-up and the first
    batch left out;
 4. seed config: the experiment log's configuration (`configs/base.yaml` + `configs/full25m.yaml`:

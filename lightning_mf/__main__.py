@@ -15,13 +15,13 @@ PROG = "python -m lightning_mf"
 
 # name -> ("module:function taking the remaining argv and returning an exit status", summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "prepare": ("lightning_mf.data.prepare_cli:main", "turn a ratings file or archive, or synthetic data, into a dataset"),
+    "prepare": ("lightning_mf.prepare.command:main", "turn a ratings file or archive, or synthetic data, into a dataset"),
     "fit": ("lightning_mf.cli:fit", "train a model: fit --config configs/quickstart.yaml"),
     "validate": ("lightning_mf.cli:validate", "report val RMSE / MAE of a checkpoint (--ckpt_path)"),
     "test": ("lightning_mf.cli:test", "report test RMSE / MAE of a checkpoint (--ckpt_path)"),
     "predict": ("lightning_mf.cli:predict", "predict ratings of the test (or val) split with a checkpoint"),
-    "experiments": ("lightning_mf.experiments:main", "run a folder of experiment configs in order: experiments run DIR"),
-    "report": ("lightning_mf.report:main", "table and learning-curve PNGs of a runs folder, from TensorBoard events"),
+    "experiments": ("lightning_mf.experiments.series:main", "run a folder of experiment configs in order: experiments run DIR"),
+    "report": ("lightning_mf.experiments.report:main", "table and learning-curve PNGs of a runs folder, from TensorBoard events"),
 }
 
 

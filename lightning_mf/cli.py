@@ -36,7 +36,7 @@ from torch import Tensor
 from lightning_mf.data.batch import RatingBatch
 
 from lightning_mf.data.datamodule import RatingsDataModule
-from lightning_mf.module import RatingPredictor
+from lightning_mf.training.module import RatingPredictor
 
 DESCRIPTION = "Train and evaluate matrix factorization on a prepared dataset folder."
 SUBCOMMANDS = ("fit", "validate", "test", "predict")

@@ -26,10 +26,10 @@ from fixtures_raw import (
     u_item,
     write,
 )
-from lightning_mf.data import bad_rows
-from lightning_mf.data.catalog import missing_item_check, read_item_catalog
-from lightning_mf.data.formats import ScaleBounds
-from lightning_mf.data.readers import read_ratings
+from lightning_mf.prepare import bad_rows
+from lightning_mf.prepare.catalog import missing_item_check, read_item_catalog
+from lightning_mf.prepare.formats import ScaleBounds
+from lightning_mf.prepare.readers import read_ratings
 from lightning_mf.errors import DataError
 
 ML_IDS = sorted(ML_MOVIES)  # the fixtures' items (10, 31, 1029) plus 2, which nobody rated

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lightning_mf.data.datamodule import RatingsDataModule, is_global_zero_from_env
-from lightning_mf.data.options import PrepareOptions
+from lightning_mf.prepare.options import PrepareOptions
 from lightning_mf.data.stream import TrainStream
 from lightning_mf.errors import DataError
 from helpers import make_dataset, read_split
@@ -123,16 +123,16 @@ def test_spawned_persistent_workers_follow_the_epoch(tmp_path: Path) -> None:
 
 
 def install_fake_prepare(monkeypatch: pytest.MonkeyPatch, calls: list[Path]) -> None:
-    """Replaces `lightning_mf.data.prepare` with a recorder that writes a tiny folder."""
+    """Replaces `lightning_mf.prepare.pipeline` with a recorder that writes a tiny folder."""
 
     def prepare_dataset(options: PrepareOptions, out: Path, force: bool = False) -> Path:
         calls.append(out)
         make_dataset(out, train_rows=options.rows, num_users=options.users, num_items=options.items)
         return out
 
-    module = types.ModuleType("lightning_mf.data.prepare")
+    module = types.ModuleType("lightning_mf.prepare.pipeline")
     module.prepare_dataset = prepare_dataset  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "lightning_mf.data.prepare", module)
+    monkeypatch.setitem(sys.modules, "lightning_mf.prepare.pipeline", module)
 
 
 def test_rank_zero_prepares_eagerly_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

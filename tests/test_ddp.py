@@ -26,7 +26,7 @@ import lightning.pytorch as pl
 import torch
 
 from lightning_mf.data.datamodule import RatingsDataModule
-from lightning_mf.module import RatingPredictor
+from lightning_mf.training.module import RatingPredictor
 
 
 class Recorder(pl.Callback):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from lightning_mf.errors import DataError
-from lightning_mf.experiments import (
+from lightning_mf.experiments.series import (
     FINISHED_FILE,
     config_chain,
     load_series,

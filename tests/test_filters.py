@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from lightning_mf.data import filters
-from lightning_mf.data.indexing import compact, index_ids
+from lightning_mf.prepare import filters
+from lightning_mf.prepare.indexing import compact, index_ids
 
 
 def _frame(users, items, ratings, timestamps=None) -> pl.DataFrame:

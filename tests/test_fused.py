@@ -19,11 +19,11 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from lightning_mf import fused_kernels
+from lightning_mf.training import fused_kernels
 from lightning_mf.data.batch import RatingBatch
-from lightning_mf.fused import FusedRowAdagrad
-from lightning_mf.module import RatingPredictor
-from lightning_mf.optim import RowAdagrad
+from lightning_mf.training.fused import FusedRowAdagrad
+from lightning_mf.training.module import RatingPredictor
+from lightning_mf.training.optimizers import RowAdagrad
 
 NUM_USERS, NUM_ITEMS = 30, 20
 
@@ -132,7 +132,7 @@ def plain_stages(monkeypatch: pytest.MonkeyPatch) -> list[PlainStages]:
         made.append(PlainStages())
         return made[-1]
 
-    monkeypatch.setattr("lightning_mf.fused.CompiledStages", make)
+    monkeypatch.setattr("lightning_mf.training.fused.CompiledStages", make)
     return made
 
 
@@ -174,7 +174,7 @@ def test_compile_failure_warns_once_and_trains_on_eagerly(monkeypatch: pytest.Mo
 
         update_bias = update_table
 
-    monkeypatch.setattr("lightning_mf.fused.CompiledStages", Failing)
+    monkeypatch.setattr("lightning_mf.training.fused.CompiledStages", Failing)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert_matches_row_adagrad({}, 0.01, True, dict(threads=2, compile=True))

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from lightning_mf.data.batch import RatingBatch
-from lightning_mf.fused import FusedRowAdagrad
-from lightning_mf.module import RatingPredictor
-from lightning_mf.optim import RowAdagrad, RowAdam
+from lightning_mf.training.fused import FusedRowAdagrad
+from lightning_mf.training.module import RatingPredictor
+from lightning_mf.training.optimizers import RowAdagrad, RowAdam
 
 pytestmark = pytest.mark.gpu
 

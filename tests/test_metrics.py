@@ -9,7 +9,7 @@ import torch
 from torchmetrics.functional.retrieval import retrieval_normalized_dcg, retrieval_recall
 from torchmetrics.retrieval import RetrievalNormalizedDCG, RetrievalRecall
 
-from lightning_mf.metrics import RankingMetrics
+from lightning_mf.training.metrics import RankingMetrics
 
 
 def test_hand_computed_example() -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from lightning_mf.model import MatrixFactorization
+from lightning_mf.training.model import MatrixFactorization
 
 NUM_USERS, NUM_ITEMS = 7, 5
 
@@ -196,7 +196,7 @@ def test_bad_rating_range_is_rejected() -> None:
 
 @pytest.mark.parametrize("with_sq", [True, False])
 def test_fused_factor_product_gradients(with_sq: bool) -> None:
-    from lightning_mf.model import _FactorProduct
+    from lightning_mf.training.model import _FactorProduct
 
     p = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
     q = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
@@ -212,7 +212,7 @@ def test_fused_factor_product_gradients(with_sq: bool) -> None:
 
 
 def test_fused_factor_product_with_row_weights() -> None:
-    from lightning_mf.model import _FactorProduct
+    from lightning_mf.training.model import _FactorProduct
 
     p = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
     q = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)

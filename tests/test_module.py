@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from lightning_mf.data.batch import RatingBatch
-from lightning_mf.module import RatingPredictor
-from lightning_mf.optim import RowAdagrad, RowAdam
+from lightning_mf.training.module import RatingPredictor
+from lightning_mf.training.optimizers import RowAdagrad, RowAdam
 
 NUM_USERS, NUM_ITEMS = 120, 80
 
@@ -233,7 +233,7 @@ def test_signature_is_a_cli_config() -> None:
     config = parser.parse_args([
         "--model.num_users=10", "--model.num_items=5", "--model.rating_min=1", "--model.rating_max=5",
         "--model.global_mean=3.5", "--model.sparse=true", "--model.l2=0.02",
-        "--model.optimizer=lightning_mf.optim.RowAdagrad", "--model.optimizer.lr=0.2",
+        "--model.optimizer=lightning_mf.training.optimizers.RowAdagrad", "--model.optimizer.lr=0.2",
     ])
     module = parser.instantiate(config).model
     optimizer = module.configure_optimizers()
@@ -246,7 +246,7 @@ DDP_SCRIPT = """
 import sys, torch, lightning as L
 from torch.utils.data import DataLoader
 from lightning_mf.data.batch import RatingBatch
-from lightning_mf.module import RatingPredictor
+from lightning_mf.training.module import RatingPredictor
 
 # Batch k holds item k only, so each of the two ranks sees only its half of items 0..7.
 batches = []

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_mf.optim import RowAdagrad, RowAdam
+from lightning_mf.training.optimizers import RowAdagrad, RowAdam
 
 
 def sparse_step(optimizer: torch.optim.Optimizer, weight: torch.Tensor, rows: torch.Tensor,
@@ -120,7 +120,7 @@ def test_bad_arguments_are_rejected(factory, message: str) -> None:
 def test_keep_freed_memory_is_harmless_to_call_twice() -> None:
     import sys
 
-    from lightning_mf.optim import keep_freed_memory
+    from lightning_mf.training.optimizers import keep_freed_memory
 
     first, second = keep_freed_memory(), keep_freed_memory()
     assert isinstance(first, bool) and first == second

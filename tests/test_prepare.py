@@ -13,10 +13,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from lightning_mf.data import prepare as prepare_module
-from lightning_mf.data.options import PrepareOptions
-from lightning_mf.data.prepare import prepare_dataset
-from lightning_mf.data.prepare_cli import main as prepare_main
+from lightning_mf.prepare import pipeline as prepare_module
+from lightning_mf.prepare.options import PrepareOptions
+from lightning_mf.prepare.pipeline import prepare_dataset
+from lightning_mf.prepare.command import main as prepare_main
 from lightning_mf.data.schema import RATINGS_SCHEMA, DatasetMeta
 from lightning_mf.errors import DataError
 
@@ -204,7 +204,7 @@ def test_ml100k_whole_file_and_val_carved_from_base(ml100k_dir: Path, tmp_path: 
 
 
 def test_synthetic_prepare_is_deterministic_and_streams(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from lightning_mf.data import synthetic_build
+    from lightning_mf.prepare import synthetic_build
 
     monkeypatch.setattr(synthetic_build, "BUCKET_ROWS", 3_000)  # force several shuffle buckets
     monkeypatch.setattr(synthetic_build, "CHUNK_ROWS", 2_500)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lightning_mf.cli import build_cli
-from lightning_mf.tb_events import read_curves
+from lightning_mf.experiments.tb_events import read_curves
 
 REPO = Path(__file__).resolve().parents[1]
 

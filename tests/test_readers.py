@@ -23,9 +23,9 @@ from fixtures_raw import (
     ml_dat,
     write,
 )
-from lightning_mf.data import bad_rows
-from lightning_mf.data.formats import ScaleBounds
-from lightning_mf.data.readers import read_ratings
+from lightning_mf.prepare import bad_rows
+from lightning_mf.prepare.formats import ScaleBounds
+from lightning_mf.prepare.readers import read_ratings
 from lightning_mf.data.schema import RatingScale
 from lightning_mf.errors import DataError
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lightning_mf.errors import DataError
-from lightning_mf.report import GAP, HIGH, REPORT_FILE, observe, write_report
-from lightning_mf.tb_events import Curve, find_runs, read_curves
+from lightning_mf.experiments.report import GAP, HIGH, REPORT_FILE, observe, write_report
+from lightning_mf.experiments.tb_events import Curve, find_runs, read_curves
 
 # (train loss, val loss) per epoch, shaped like the experiment log's cases.
 SHAPES = {

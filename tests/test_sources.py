@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from fixtures_raw import ML_ROWS, bookcrossing, make_zip, ml100k, ml_csv, ml_dat, write
-from lightning_mf.data import sources
-from lightning_mf.data.readers import read_ratings
-from lightning_mf.data.sources import SourceFiles, open_source, sha256_file
+from lightning_mf.prepare import sources
+from lightning_mf.prepare.readers import read_ratings
+from lightning_mf.prepare.sources import SourceFiles, open_source, sha256_file
 from lightning_mf.errors import DataError
 
 

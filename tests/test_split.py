@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lightning_mf.data.split import parse_time, predefined_split, random_split, temporal_split
+from lightning_mf.prepare.split import parse_time, predefined_split, random_split, temporal_split
 from lightning_mf.errors import DataError
 
 

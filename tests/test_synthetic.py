@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lightning_mf.data import synthetic
+from lightning_mf.prepare import synthetic
 from lightning_mf.data.schema import RATINGS_SCHEMA
-from lightning_mf.data.synthetic import (
+from lightning_mf.prepare.synthetic import (
     SyntheticSpec,
     export_movielens_csv,
     generate_chunks,

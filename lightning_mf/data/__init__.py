@@ -1,1 +1,2 @@
-"""Dataset preparation (raw files -> Parquet folder) and streaming (Parquet folder -> batches)."""
+"""A prepared dataset folder: its contract (`schema`, `batch`) and its streaming into training
+(`stream`, `datamodule`)."""

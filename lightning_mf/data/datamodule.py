@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lightning_mf.data.batch import RatingBatch
-from lightning_mf.data.options import PrepareOptions
+from lightning_mf.prepare.options import PrepareOptions
 from lightning_mf.data.schema import ITEM, ITEMS_FILE, META_FILE, USER, USERS_FILE, DatasetMeta, split_file
 from lightning_mf.data.stream import EvalStream, TrainStream, unpack
 from lightning_mf.errors import DataError
@@ -53,7 +53,7 @@ def default_data_dir(prepare: PrepareOptions | None, root: Path = PREPARED_ROOT)
     """Where a dataset made from `prepare` lives when no `data_dir` is given: named by content."""
     if prepare is None:
         raise DataError("give data.data_dir (a prepared folder), or data.prepare to build one")
-    from lightning_mf.data.prepare import fingerprint_of
+    from lightning_mf.prepare.pipeline import fingerprint_of
 
     if prepare.source == "synthetic":
         label = f"synthetic-{prepare.synthetic_kind}"
@@ -210,7 +210,7 @@ class RatingsDataModule(pl.LightningDataModule):
         """Runs `prepare` into `data_dir` once (it reuses a finished folder with the same options)."""
         if self.prepare is None or self._prepared:
             return
-        from lightning_mf.data.prepare import prepare_dataset  # imports polars; not needed otherwise
+        from lightning_mf.prepare.pipeline import prepare_dataset  # imports polars; not needed otherwise
 
         prepare_dataset(self.prepare, self.data_dir)
         self._prepared = True

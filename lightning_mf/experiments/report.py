@@ -40,7 +40,7 @@ import numpy as np
 from jsonargparse import ArgumentParser
 
 from lightning_mf.errors import DataError
-from lightning_mf.tb_events import Curve, find_runs, read_curves
+from lightning_mf.experiments.tb_events import Curve, find_runs, read_curves
 
 GAP = 0.25
 RISE = 0.02
@@ -196,7 +196,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, title: str
         out: Where to write; unset: `runs_dir`.
         title: The report's heading; unset: `Experiments: <runs_dir name>`.
     """
-    from lightning_mf.plots import plot_run, plot_val_overlay  # matplotlib: only when writing
+    from lightning_mf.experiments.plots import plot_run, plot_val_overlay  # matplotlib: only when writing
 
     runs_dir = Path(runs_dir)
     out = Path(out) if out is not None else runs_dir

@@ -15,10 +15,10 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.data.schema import RatingScale
-from lightning_mf.fused import FusedRowAdagrad
-from lightning_mf.metrics import RankingMetrics
-from lightning_mf.model import InitKind, MatrixFactorization, OutputKind
-from lightning_mf.optim import keep_freed_memory
+from lightning_mf.training.fused import FusedRowAdagrad
+from lightning_mf.training.metrics import RankingMetrics
+from lightning_mf.training.model import InitKind, MatrixFactorization, OutputKind
+from lightning_mf.training.optimizers import keep_freed_memory
 
 # Optimizers that raise on sparse gradients: rejected up front when `sparse=True`.
 _DENSE_ONLY = (torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adamax,
@@ -37,7 +37,7 @@ class RatingPredictor(LightningModule):
     the batch's, on the steps the logger writes: every `log_every_n_steps`), `val/loss` (MSE), `val/rmse`, `val/mae`, `hp_metric` (= val RMSE),
     `test/rmse`, `test/mae`, `test/ndcg@K` and `test/recall@K`. Eval predictions are clipped to
     the rating range and fall back to biases for users or items unseen in training. On CPU, fit
-    start calls `lightning_mf.optim.keep_freed_memory` (a process-wide glibc setting).
+    start calls `lightning_mf.training.optimizers.keep_freed_memory` (a process-wide glibc setting).
 
     Regularization comes in two forms, usable together: the optimizer's `weight_decay` (as the
     seed experiment log did; dense optimizers decay every row every step) and `l2`, the classic
@@ -78,10 +78,10 @@ class RatingPredictor(LightningModule):
             `l2_count_power` (0 shrinks a bias like the damped mean sum(residual) / (n + l2_bias)).
         loss_reduction: `mean` or `sum` of the per-rating losses over a batch (see above).
         sparse: Sparse embedding gradients, so only the batch's rows are read and updated (the fast
-            path). Needs a sparse-capable optimizer: `lightning_mf.optim.RowAdagrad` (fastest, no
-            host sync on GPU), `lightning_mf.optim.RowAdam`, `torch.optim.SparseAdam`, `Adagrad`
+            path). Needs a sparse-capable optimizer: `lightning_mf.training.optimizers.RowAdagrad` (fastest, no
+            host sync on GPU), `lightning_mf.training.optimizers.RowAdam`, `torch.optim.SparseAdam`, `Adagrad`
             or `SGD`. On CPU, batches of 16K-32K ratings at dim 128 run fastest. Fastest of all is
-            `lightning_mf.fused.FusedRowAdagrad` (any `sparse`): RowAdagrad's update in closed form,
+            `lightning_mf.training.fused.FusedRowAdagrad` (any `sparse`): RowAdagrad's update in closed form,
             applied by the training step itself (manual optimization; no dropout, SVD++ or DDP).
         implicit_feedback: Add the SVD++ implicit user term. The training interactions come from
             the DataModule's `train_interactions()` at fit start.
@@ -288,7 +288,7 @@ class RatingPredictor(LightningModule):
         if self.model.sparse and isinstance(optimizer, _DENSE_ONLY):
             raise ValueError(
                 f"RatingPredictor: sparse=True needs an optimizer that accepts sparse gradients, got "
-                f"{type(optimizer).__name__}. Use lightning_mf.optim.RowAdagrad, lightning_mf.optim.RowAdam, "
+                f"{type(optimizer).__name__}. Use lightning_mf.training.optimizers.RowAdagrad, lightning_mf.training.optimizers.RowAdam, "
                 "torch.optim.SparseAdam, torch.optim.Adagrad or torch.optim.SGD, or set sparse=False."
             )
         # FusedRowAdagrad updates the tables itself (in `_fused_step`): Lightning must not backprop.
@@ -298,7 +298,7 @@ class RatingPredictor(LightningModule):
             if self.l2_bias_count_power != 1.0:
                 raise ValueError(
                     "RatingPredictor: FusedRowAdagrad supports l2, l2_bias and l2_count_power only; "
-                    "set l2_bias_count_power=1 or use lightning_mf.optim.RowAdagrad"
+                    "set l2_bias_count_power=1 or use lightning_mf.training.optimizers.RowAdagrad"
                 )
         self.automatic_optimization = not fused
         if self.hparams.cosine_decay:

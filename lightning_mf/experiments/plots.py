@@ -15,7 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from lightning_mf.tb_events import Curve
+from lightning_mf.experiments.tb_events import Curve
 
 DPI = 100
 RUN_SIZE = (7.0, 4.4)  # inches

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from lightning_mf.data.formats import catalog_file_for
+from lightning_mf.prepare.formats import catalog_file_for
 from lightning_mf.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from typing import Literal
 
 import polars as pl
 
-from lightning_mf.data import bad_rows
-from lightning_mf.data.bad_rows import Check, LineLayout
-from lightning_mf.data.catalog import missing_item_check
-from lightning_mf.data.formats import (
+from lightning_mf.prepare import bad_rows
+from lightning_mf.prepare.bad_rows import Check, LineLayout
+from lightning_mf.prepare.catalog import missing_item_check
+from lightning_mf.prepare.formats import (
     MOVIELENS_CSV_HEADER,
     SNIFF_BYTES,
     FormatSpec,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter
 
-from lightning_mf.data.options import PrepareOptions
+from lightning_mf.prepare.options import PrepareOptions
 from lightning_mf.errors import DataError
 
 DESCRIPTION = """\
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         if config["export_csv"] is not None:
             _export_csv(options, Path(config["export_csv"]))
         if config["out"] is not None:
-            from lightning_mf.data.prepare import describe, prepare_dataset
+            from lightning_mf.prepare.pipeline import describe, prepare_dataset
             from lightning_mf.data.schema import DatasetMeta
 
             out = prepare_dataset(options, config["out"], force=config["force"])
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 def _export_csv(options: PrepareOptions, path: Path) -> None:
     if options.source != "synthetic":
         raise DataError("--export_csv writes generated ratings: it needs --source synthetic")
-    from lightning_mf.data.synthetic import export_movielens_csv
-    from lightning_mf.data.synthetic_build import spec_from_options
+    from lightning_mf.prepare.synthetic import export_movielens_csv
+    from lightning_mf.prepare.synthetic_build import spec_from_options
 
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = export_movielens_csv(spec_from_options(options), path)

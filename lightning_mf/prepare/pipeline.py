@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning_mf import __version__
-from lightning_mf.data.build import DatasetBuild
-from lightning_mf.data.options import PrepareOptions
+from lightning_mf.prepare.build import DatasetBuild
+from lightning_mf.prepare.options import PrepareOptions
 from lightning_mf.data.schema import FORMAT_VERSION, META_FILE, DatasetMeta
 from lightning_mf.errors import DataError
 
@@ -79,16 +79,16 @@ def prepare_dataset(options: PrepareOptions, out: str | Path, force: bool = Fals
 
 def _build(options: PrepareOptions, staging: Path) -> DatasetMeta:
     if options.source == "synthetic":
-        from lightning_mf.data.synthetic_build import build_synthetic
+        from lightning_mf.prepare.synthetic_build import build_synthetic
 
         return build_synthetic(options, staging)
     return _build_from_files(options, staging)
 
 
 def _build_from_files(options: PrepareOptions, staging: Path) -> DatasetMeta:
-    from lightning_mf.data.catalog import read_item_catalog
-    from lightning_mf.data.readers import read_ratings
-    from lightning_mf.data.sources import open_source, sha256_file
+    from lightning_mf.prepare.catalog import read_item_catalog
+    from lightning_mf.prepare.readers import read_ratings
+    from lightning_mf.prepare.sources import open_source, sha256_file
 
     _check_file_options(options)
     reader_options: dict[str, Any] = {

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from lightning_mf.data.formats import ScaleBounds
+from lightning_mf.prepare.formats import ScaleBounds
 from lightning_mf.data.schema import ITEM, RATING, TIMESTAMP, USER
 from lightning_mf.errors import DataError
 

@@ -25,7 +25,7 @@ items and both bias tables. Batch-sized buffers are kept between steps (see `_sc
 MovieLens-25M sizes, dim 128, this is 1.7x one thread's ratings per second on 2 cores.
 
 With `compile=True` (CPU), each table's update runs as one C++ loop that `torch.compile`
-generates (`lightning_mf.fused_kernels`) instead of a dozen eager kernels: 1.3x the ratings per
+generates (`lightning_mf.training.fused_kernels`) instead of a dozen eager kernels: 1.3x the ratings per
 second of a whole 25M-rating fit, for a compile of about 16 s on the first step (3 s once cached).
 
 `RatingPredictor` recognises this optimizer, switches to manual optimization and calls `update`
@@ -47,9 +47,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_mf.fused_kernels import CompiledStages
-from lightning_mf.model import MatrixFactorization
-from lightning_mf.optim import check_hyperparameters
+from lightning_mf.training.fused_kernels import CompiledStages
+from lightning_mf.training.model import MatrixFactorization
+from lightning_mf.training.optimizers import check_hyperparameters
 
 _A = TypeVar("_A")
 _B = TypeVar("_B")
@@ -111,7 +111,7 @@ class FusedRowAdagrad(Optimizer):
         if problems:
             raise ValueError(
                 "FusedRowAdagrad computes biased-MF updates in closed form and does not support "
-                f"{', '.join(problems)}; use lightning_mf.optim.RowAdagrad with sparse=True instead."
+                f"{', '.join(problems)}; use lightning_mf.training.optimizers.RowAdagrad with sparse=True instead."
             )
 
     @torch.no_grad()
@@ -120,7 +120,7 @@ class FusedRowAdagrad(Optimizer):
         if closure is None:
             raise RuntimeError(
                 "FusedRowAdagrad.step needs the closure RatingPredictor passes it; the update itself is "
-                "FusedRowAdagrad.update(model, batch, ...). Use lightning_mf.optim.RowAdagrad to apply gradients."
+                "FusedRowAdagrad.update(model, batch, ...). Use lightning_mf.training.optimizers.RowAdagrad to apply gradients."
             )
         return closure()
 

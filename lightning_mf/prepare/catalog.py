@@ -16,8 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
-from lightning_mf.data import bad_rows
-from lightning_mf.data.bad_rows import LINE, LINE_NUMBER, Check
+from lightning_mf.prepare import bad_rows
+from lightning_mf.prepare.bad_rows import LINE, LINE_NUMBER, Check
 from lightning_mf.data.schema import ITEM
 from lightning_mf.errors import DataError
 

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from lightning_mf.prepare import synthetic
+from lightning_mf.prepare import synthetic_sampling, synthetic_world
 from lightning_mf.data.schema import RATINGS_SCHEMA
 from lightning_mf.prepare.synthetic import (
     SyntheticSpec,
@@ -78,7 +78,7 @@ def test_deterministic_for_any_chunk_size_and_seeded() -> None:
 
 
 def test_blocks_are_stitched_seamlessly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(synthetic, "_BLOCK_ROWS", 1_500)  # ~13 user blocks for 20K rows
+    monkeypatch.setattr(synthetic_world, "_BLOCK_ROWS", 1_500)  # ~13 user blocks for 20K rows
     spec = SyntheticSpec(**SMALL)
     whole = collect(spec)
     assert_valid(whole, spec)
@@ -88,7 +88,7 @@ def test_blocks_are_stitched_seamlessly(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_exact_ranking_fallback_gives_a_valid_sample(monkeypatch: pytest.MonkeyPatch) -> None:
     """Users whose popularity stream falls short are finished by ranking all items."""
-    monkeypatch.setattr(synthetic, "_STREAM_ROUNDS", 0)  # every light user takes the fallback
+    monkeypatch.setattr(synthetic_sampling, "_STREAM_ROUNDS", 0)  # every light user takes the fallback
     spec = SyntheticSpec(rows=5_000, users=200, items=300)
     assert_valid(collect(spec), spec)
 

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import polars as pl
 
-from lightning_mf.prepare import bad_rows
-from lightning_mf.prepare.bad_rows import LINE, LINE_NUMBER, Check
 from lightning_mf.data.schema import ITEM
 from lightning_mf.errors import DataError
+from lightning_mf.prepare.row_checks import Check
+from lightning_mf.prepare.text_lines import LINE, LINE_NUMBER, lines_frame, shown_line
 
 _BOM = b"\xef\xbb\xbf"
-_SHOWN_LINE_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,6 @@ CATALOGS: dict[str, CatalogSpec] = {
 }
 
 
-def _shown(line: str) -> str:
-    return repr(line if len(line) <= _SHOWN_LINE_CHARS else line[:_SHOWN_LINE_CHARS] + "...")
-
-
 def read_item_catalog(path: Path, display_name: str | None = None) -> pl.Series:
     """The item ids a MovieLens item catalog lists.
 
@@ -81,7 +76,7 @@ def read_item_catalog(path: Path, display_name: str | None = None) -> pl.Series:
         data = path.read_bytes()
     except OSError as error:
         raise DataError(f"{name}: cannot read the item catalog: {error.strerror or error}") from None
-    lines = bad_rows.lines_frame(1, data.removeprefix(_BOM).decode("latin-1"))
+    lines = lines_frame(1, data.removeprefix(_BOM).decode("latin-1"))
     lines = lines.filter(pl.col(LINE).str.strip_chars().str.len_bytes() > 0)
     if spec.header is not None and lines.height:
         _check_header(lines, spec, name)
@@ -101,7 +96,7 @@ def read_item_catalog(path: Path, display_name: str | None = None) -> pl.Series:
             more = f" ({bad.height - 1} more such line{'s' if bad.height > 2 else ''} after it)"
         raise DataError(
             f"{name}, line {number}: expected an item catalog line {spec.layout!r} starting with an integer "
-            f"id, found {_shown(line)}{more}. Is this the dataset's own {spec.name}?"
+            f"id, found {shown_line(line)}{more}. Is this the dataset's own {spec.name}?"
         )
     return ids.get_column(ITEM).unique().sort()
 
@@ -114,7 +109,7 @@ def _check_header(lines: pl.DataFrame, spec: CatalogSpec, name: str) -> None:
     if first.lower() != (spec.header or "").lower():
         raise DataError(
             f"{name}, line 1: expected the header of a MovieLens {spec.name} ({spec.layout!r}, "
-            f"first column {spec.header!r}), found {_shown(found)}"
+            f"first column {spec.header!r}), found {shown_line(found)}"
         )
 
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from lightning_mf.data import schema, stream
+from lightning_mf.data import parquet_rows, schema, stream
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.data.stream import EvalStream, TrainStream, batches_per_rank
 from lightning_mf.errors import DataError
@@ -36,9 +36,9 @@ def run_rank(ds: TrainStream | EvalStream, workers: int, monkeypatch: pytest.Mon
     """Batches each simulated DataLoader worker of one rank yields."""
     out = []
     for worker in range(workers):
-        monkeypatch.setattr(stream, "_worker", lambda w=worker: (w, workers))
+        monkeypatch.setattr(stream, "current_worker", lambda w=worker: (w, workers))
         out.append(list(ds))
-    monkeypatch.setattr(stream, "_worker", lambda: (0, 1))
+    monkeypatch.setattr(stream, "current_worker", lambda: (0, 1))
     return out
 
 
@@ -125,13 +125,13 @@ def test_shuffle_stays_within_windows(tmp_path: Path, monkeypatch: pytest.Monkey
     group = 128
     path = write_train(tmp_path / "train.parquet", 10 * group, group)
     reads: list[int] = []
-    original = stream._RowReader.read
+    original = parquet_rows.RowReader.read
 
-    def spy(self: stream._RowReader, start: int, stop: int) -> tuple[np.ndarray, ...]:
+    def spy(self: parquet_rows.RowReader, start: int, stop: int) -> tuple[np.ndarray, ...]:
         reads.append(stop - start)
         return original(self, start, stop)
 
-    monkeypatch.setattr(stream._RowReader, "read", spy)
+    monkeypatch.setattr(parquet_rows.RowReader, "read", spy)
     ds = TrainStream(path, 32, shuffle_window=group, seed=1)
     items = np.array(items_of(ds, 0))
     assert max(reads) <= group

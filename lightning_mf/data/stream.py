@@ -33,208 +33,43 @@ batch sizes vary by about one user's ratings, and ranks may differ by a batch (e
 synchronizes at epoch end).
 
 This module must stay importable without polars: DataLoader workers unpickle these datasets, and
-polars' thread pool is not fork-safe. It uses pyarrow and numpy only.
+polars' thread pool is not fork-safe. It uses pyarrow and numpy only (`parquet_rows` reads the
+files, `sharding` is the arithmetic, `transport` packs worker batches).
 """
 
 from __future__ import annotations
 
-import math
-import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
 from lightning_mf.data.batch import RatingBatch
+from lightning_mf.data.parquet_rows import (
+    COLUMNS,
+    ITEM,
+    RATING,
+    USER,
+    Columns,
+    RowReader,
+    check_schema,
+    open_parquet,
+    rebatch,
+)
+from lightning_mf.data.sharding import batches_per_rank, current_worker, shard_bounds, worker_block
+from lightning_mf.data.transport import PackedBatches, for_transport, unpack
 from lightning_mf.errors import DataError
 
-# Column names of the dataset contract (lightning_mf.data.schema, which imports polars; a test
-# keeps the two in step).
-USER, ITEM, RATING = "user", "item", "rating"
-COLUMNS = (USER, ITEM, RATING)
-_DTYPES = {USER: pa.int32(), ITEM: pa.int32(), RATING: pa.float32()}
+__all__ = ["COLUMNS", "ITEM", "RATING", "USER", "EvalStream", "PackedBatches", "TrainStream", "batches_per_rank",
+           "eval_plan", "shard_bounds", "unpack", "user_starts", "worker_block"]
 
-Columns = tuple[np.ndarray, np.ndarray, np.ndarray]
-# Ratings per message from a DataLoader worker (see PackedBatches).
-_PACK_ROWS = 262_144
 # Shuffle windows prepared ahead of the consumer; memory holds about this many windows plus one.
 _READ_AHEAD = 2
-
-
-def shard_bounds(num_rows: int, world_size: int, rank: int) -> tuple[int, int]:
-    """The contiguous range of epoch positions owned by `rank`; sizes differ by at most one."""
-    return rank * num_rows // world_size, (rank + 1) * num_rows // world_size
-
-
-def batches_per_rank(num_rows: int, world_size: int, batch_size: int, drop_remainder: bool) -> int:
-    """Number of training batches every rank yields per epoch (see the module docstring)."""
-    smallest = num_rows // world_size
-    return smallest // batch_size if drop_remainder else math.ceil(smallest / batch_size)
-
-
-def worker_block(num_batches: int, num_workers: int, worker_id: int) -> tuple[int, int]:
-    """The contiguous block of a rank's batch indices that one DataLoader worker yields."""
-    return worker_id * num_batches // num_workers, (worker_id + 1) * num_batches // num_workers
-
-
-def _worker() -> tuple[int, int]:
-    info = get_worker_info()
-    return (0, 1) if info is None else (info.id, info.num_workers)
-
-
-class PackedBatches(NamedTuple):
-    """Consecutive batches of one DataLoader worker, sent to the main process as one message.
-
-    Every tensor crossing processes costs a shared-memory handle and a file-descriptor transfer
-    (about a millisecond), so workers send about `_PACK_ROWS` ratings at a time and the loader
-    splits them back (`unpack`) into the batches they were.
-    """
-
-    user: torch.Tensor
-    item: torch.Tensor
-    rating: torch.Tensor
-    sizes: torch.Tensor
-
-    def unpack(self) -> Iterator[RatingBatch]:
-        sizes = self.sizes.tolist()
-        parts = (column.split(sizes) for column in (self.user, self.item, self.rating))
-        return (RatingBatch(*batch) for batch in zip(*parts))
-
-
-def unpack(items: Iterator[RatingBatch | PackedBatches]) -> Iterator[RatingBatch]:
-    """The batches of a DataLoader's output, with `PackedBatches` split back into batches."""
-    for item in items:
-        if isinstance(item, PackedBatches):
-            yield from item.unpack()
-        else:
-            yield item
-
-
-def _for_transport(batches: Iterator[RatingBatch]) -> Iterator[RatingBatch | PackedBatches]:
-    """Batches as they are in the main process; packed when this runs in a DataLoader worker."""
-    if get_worker_info() is None:
-        yield from batches
-        return
-    group: list[RatingBatch] = []
-    rows = 0
-    for batch in batches:
-        group.append(batch)
-        rows += len(batch.rating)
-        if rows >= _PACK_ROWS:
-            yield _pack(group)
-            group, rows = [], 0
-    if group:
-        yield _pack(group)
-
-
-def _pack(group: list[RatingBatch]) -> PackedBatches:
-    columns = (torch.cat([batch[i] for batch in group]) for i in range(3))
-    return PackedBatches(*columns, torch.tensor([len(batch.rating) for batch in group]))
-
-
-def _check_schema(path: Path, schema: pa.Schema) -> None:
-    for name, dtype in _DTYPES.items():
-        index = schema.get_field_index(name)
-        if index < 0:
-            raise DataError(f"{path}: column {name!r} is missing (found {schema.names}); re-run `prepare`.")
-        found = schema.field(index).type
-        if found != dtype:
-            raise DataError(f"{path}: column {name!r} must be {dtype}, found {found}; re-run `prepare`.")
-
-
-def _open(path: Path) -> pq.ParquetFile:
-    try:
-        return pq.ParquetFile(path)
-    except (OSError, pa.ArrowInvalid) as error:
-        raise DataError(f"{path}: cannot read as Parquet ({error}); re-run `prepare`.") from error
-
-
-class _RowReader:
-    """Reads rows `[start, stop)` of the concatenation of a file's row groups in a given order.
-
-    The last few row groups read are kept: neighbouring windows (prepared in parallel) and
-    batches share the groups at their boundaries. Safe to call from several threads: file access
-    is serialized, the rest runs without the GIL.
-    """
-
-    _CACHED_GROUPS = 3
-
-    def __init__(self, path: Path, group_sizes: np.ndarray, order: np.ndarray) -> None:
-        self._file = pq.ParquetFile(path)
-        self._order = order
-        self._offsets = np.concatenate(([0], np.cumsum(group_sizes[order])))
-        self._cache: dict[int, Columns] = {}
-        self._lock = threading.Lock()
-
-    def _group(self, slot: int) -> Columns:
-        with self._lock:
-            if slot not in self._cache:
-                table = self._file.read_row_group(int(self._order[slot]), columns=list(COLUMNS))
-                if len(self._cache) >= self._CACHED_GROUPS:
-                    del self._cache[min(self._cache)]  # requests move forward: drop the earliest
-                self._cache[slot] = tuple(table.column(name).to_numpy() for name in COLUMNS)  # type: ignore[assignment]
-            return self._cache[slot]
-
-    def read(self, start: int, stop: int) -> Columns:
-        first = int(np.searchsorted(self._offsets, start, side="right")) - 1
-        last = int(np.searchsorted(self._offsets, stop, side="left"))
-        parts: list[Columns] = []
-        for slot in range(first, last):
-            lo, hi = self._offsets[slot], self._offsets[slot + 1]
-            columns = self._group(slot)
-            a, b = max(start, lo) - lo, min(stop, hi) - lo
-            parts.append(tuple(column[a:b] for column in columns))  # type: ignore[arg-type]
-        if len(parts) == 1:
-            return parts[0]
-        return tuple(np.concatenate([part[i] for part in parts]) for i in range(3))  # type: ignore[return-value]
-
-
-def _tensor(column: np.ndarray) -> torch.Tensor:
-    # Arrow's zero-copy arrays are read-only; torch cannot express that, so those are copied.
-    writable = column.flags.writeable and column.flags.c_contiguous
-    return torch.from_numpy(column if writable else column.copy())
-
-
-def _rebatch(chunks: Iterator[Columns], sizes: list[int]) -> Iterator[RatingBatch]:
-    """Cuts a stream of contiguous column chunks into batches of the given sizes.
-
-    Batches inside a chunk are views made by one `split` per column; only a batch straddling two
-    chunks is copied.
-    """
-    ends = np.cumsum(sizes)
-    index = 0  # next batch to yield
-    received = 0  # stream rows received so far
-    carry: list[tuple[torch.Tensor, ...]] = []
-    for chunk in chunks:
-        tensors = tuple(_tensor(column) for column in chunk)
-        start, received = received, received + len(chunk[0])
-        at = 0  # rows of this chunk already yielded
-        if carry:
-            if ends[index] > received:
-                carry.append(tensors)
-                continue
-            at = int(ends[index]) - start
-            parts = [*carry, tuple(t[:at] for t in tensors)]
-            yield RatingBatch(*(torch.cat([part[i] for part in parts]) for i in range(3)))
-            carry, index = [], index + 1
-        last = int(np.searchsorted(ends, received, side="right"))  # batches ending in this chunk
-        if last > index:
-            stop = int(ends[last - 1]) - start
-            pieces = (t[at:stop].split(sizes[index:last]) for t in tensors)
-            yield from (RatingBatch(*batch) for batch in zip(*pieces))
-            at, index = stop, last
-        if at < len(chunk[0]):
-            carry.append(tuple(t[at:] for t in tensors))
-    if index != len(sizes) or carry:
-        raise RuntimeError(f"stream ended after {index} of {len(sizes)} batches")
 
 
 class TrainStream(IterableDataset):
@@ -263,8 +98,8 @@ class TrainStream(IterableDataset):
     ) -> None:
         super().__init__()
         self.path = Path(path)
-        metadata = _open(self.path).metadata
-        _check_schema(self.path, metadata.schema.to_arrow_schema())
+        metadata = open_parquet(self.path).metadata
+        check_schema(self.path, metadata.schema.to_arrow_schema())
         self.group_sizes = np.array([metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)])
         self.num_rows = int(self.group_sizes.sum())
         self.batch_size, self.shuffle_window, self.seed = batch_size, shuffle_window, seed
@@ -298,14 +133,14 @@ class TrainStream(IterableDataset):
         return sizes
 
     def __iter__(self) -> Iterator[RatingBatch | PackedBatches]:
-        worker_id, num_workers = _worker()
+        worker_id, num_workers = current_worker()
         first, last = worker_block(self.num_batches, num_workers, worker_id)
         if first == last:
             return iter(())
         sizes = self.batch_sizes(first, last)
         start = shard_bounds(self.num_rows, self.world_size, self.rank)[0] + first * self.batch_size
         stop = start + int(sizes.sum())
-        return _for_transport(_rebatch(self._chunks(self.epoch, start, stop), sizes.tolist()))
+        return for_transport(rebatch(self._chunks(self.epoch, start, stop), sizes.tolist()))
 
     def _chunks(self, epoch: int, start: int, stop: int) -> Iterator[Columns]:
         """The shuffled rows of epoch positions `[start, stop)`, one chunk per shuffle window.
@@ -315,7 +150,7 @@ class TrainStream(IterableDataset):
         """
         seed = self.seed + epoch
         order = np.random.default_rng([seed, 0]).permutation(len(self.group_sizes))
-        reader = _RowReader(self.path, self.group_sizes, order)
+        reader = RowReader(self.path, self.group_sizes, order)
         window = self.shuffle_window
         windows = iter(range(start // window, (stop - 1) // window + 1))
 
@@ -378,8 +213,8 @@ class EvalStream(IterableDataset):
     def __init__(self, path: str | Path, batch_size: int, rank: int = 0, world_size: int = 1) -> None:
         super().__init__()
         self.path = Path(path)
-        parquet = _open(self.path)
-        _check_schema(self.path, parquet.schema_arrow)
+        parquet = open_parquet(self.path)
+        check_schema(self.path, parquet.schema_arrow)
         users = parquet.read(columns=[USER]).column(USER).to_numpy()
         if len(users) and np.any(users[1:] < users[:-1]):
             row = int(np.flatnonzero(users[1:] < users[:-1])[0]) + 1
@@ -398,11 +233,11 @@ class EvalStream(IterableDataset):
         return len(self.bounds) - 1
 
     def __iter__(self) -> Iterator[RatingBatch | PackedBatches]:
-        worker_id, num_workers = _worker()
+        worker_id, num_workers = current_worker()
         first, last = worker_block(len(self), num_workers, worker_id)
         if first == last:
             return iter(())
         bounds = self.bounds[first : last + 1]
-        reader = _RowReader(self.path, self.group_sizes, np.arange(len(self.group_sizes)))
+        reader = RowReader(self.path, self.group_sizes, np.arange(len(self.group_sizes)))
         chunks = (reader.read(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]))
-        return _for_transport(_rebatch(chunks, np.diff(bounds).tolist()))
+        return for_transport(rebatch(chunks, np.diff(bounds).tolist()))

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("lightning_mf.cli:validate", "report val RMSE / MAE of a checkpoint (--ckpt_path)"),
     "test": ("lightning_mf.cli:test", "report test RMSE / MAE of a checkpoint (--ckpt_path)"),
     "predict": ("lightning_mf.cli:predict", "predict ratings of the test (or val) split with a checkpoint"),
-    "experiments": ("lightning_mf.experiments.series:main", "run a folder of experiment configs in order: experiments run DIR"),
+    "experiments": ("lightning_mf.experiments.command:main", "run a folder of experiment configs in order: experiments run DIR"),
     "report": ("lightning_mf.experiments.report:main", "table and learning-curve PNGs of a runs folder, from TensorBoard events"),
 }
 

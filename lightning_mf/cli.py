@@ -21,21 +21,15 @@ from __future__ import annotations
 
 import sys
 import warnings
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
-from lightning.pytorch.callbacks import BasePredictionWriter, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
-from torch import Tensor
-
-from lightning_mf.data.batch import RatingBatch
 
 from lightning_mf.data.datamodule import RatingsDataModule
+from lightning_mf.inference.prediction_writer import ParquetPredictionWriter
 from lightning_mf.training.module import RatingPredictor
 
 DESCRIPTION = "Train and evaluate matrix factorization on a prepared dataset folder."
@@ -62,57 +56,6 @@ CHECKPOINT_DEFAULTS: dict[str, Any] = {
 }
 
 
-class ParquetPredictionWriter(BasePredictionWriter):
-    """Writes `predict` output batch by batch to Parquet: user, item, rating (of the split), prediction.
-
-    Args:
-        path: Output file. Unset: `predictions.parquet` in the run's log folder. Under DDP each
-            rank writes its own shard, `<name>.rank<r>.parquet`.
-    """
-
-    def __init__(self, path: str | None = None) -> None:
-        super().__init__(write_interval="batch")
-        self.path = path
-        self._writer: pq.ParquetWriter | None = None
-        self._target: Path | None = None
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
-        target = Path(self.path) if self.path else folder / "predictions.parquet"
-        if trainer.world_size > 1:
-            target = target.with_name(f"{target.stem}.rank{trainer.global_rank}{target.suffix}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        self._target = target
-
-    def write_on_batch_end(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        prediction: Tensor,
-        batch_indices: Sequence[int] | None,
-        batch: RatingBatch,
-        batch_idx: int,
-        dataloader_idx: int,
-    ) -> None:
-        table = pa.table(
-            {
-                "user": batch.user.cpu().numpy(),
-                "item": batch.item.cpu().numpy(),
-                "rating": batch.rating.cpu().numpy(),
-                "prediction": prediction.float().cpu().numpy(),
-            }
-        )
-        if self._writer is None:
-            self._writer = pq.ParquetWriter(self._target, table.schema)  # type: ignore[arg-type]
-        self._writer.write_table(table)
-
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-            rank_zero_info(f"predictions written to {self._target}")
-
-
 class MFLightningCLI(LightningCLI):
     """LightningCLI for `RatingPredictor` on a `RatingsDataModule`, with the defaults above."""
 
@@ -132,25 +75,29 @@ class MFLightningCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
-# Our streams' lengths are exact with workers (see lightning_mf.data.stream), which Lightning cannot
-# know; and the prediction writer needs no sampler indices.
-warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
+def _ignore_known_warnings() -> None:
+    """Silences, inside a `warnings.catch_warnings()` block, two Lightning warnings that do not
+    apply here: our streams' lengths are exact with workers (see lightning_mf.data.stream), which
+    Lightning cannot know, and the prediction writer needs no sampler indices."""
+    warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
+    warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> MFLightningCLI:
     """The CLI over our model and data. With `run=False`, `args` hold no subcommand and the
     returned CLI carries the instantiated `model`, `datamodule` and `trainer` (for scripts)."""
-    return MFLightningCLI(
-        RatingPredictor,
-        RatingsDataModule,
-        args=args,
-        run=run,
-        trainer_defaults=TRAINER_DEFAULTS,
-        # The model takes its optimizer as an argument; no second, top-level `--optimizer`.
-        auto_configure_optimizers=False,
-        parser_kwargs={"prog": "python -m lightning_mf", "description": DESCRIPTION},
-    )
+    with warnings.catch_warnings():
+        _ignore_known_warnings()
+        return MFLightningCLI(
+            RatingPredictor,
+            RatingsDataModule,
+            args=args,
+            run=run,
+            trainer_defaults=TRAINER_DEFAULTS,
+            # The model takes its optimizer as an argument; no second, top-level `--optimizer`.
+            auto_configure_optimizers=False,
+            parser_kwargs={"prog": "python -m lightning_mf", "description": DESCRIPTION},
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
+
+from lightning_mf.training.module import RatingPredictor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO_ROOT / "configs" / "quickstart.yaml"
@@ -101,6 +105,16 @@ def test_test_reports_rmse_and_predict_writes_parquet(fitted: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     table = pq.read_table(out)
     assert table.column_names == ["user", "item", "rating", "prediction"] and table.num_rows > 0
+    # The rows are the test split's, in order, and each prediction is the checkpoint's model's own.
+    split = pq.read_table(fitted / "data" / "quickstart" / "test.parquet")
+    for name in ("user", "item", "rating"):
+        assert table.column(name).to_pylist() == split.column(name).to_pylist(), name
+    model = RatingPredictor.load_from_checkpoint(checkpoint, map_location="cpu").model.eval()
+    user, item = (torch.from_numpy(table.column(name).to_numpy()) for name in ("user", "item"))
+    with torch.no_grad():
+        expected = model(user, item).numpy()
+    np.testing.assert_allclose(table.column("prediction").to_numpy(), expected, rtol=0, atol=1e-6)
+    assert expected.std() > 0.05, "a trained model, not the global mean"
 
 
 @pytest.mark.slow

@@ -19,10 +19,11 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
-from lightning_mf.training import fused_kernels
+from lightning_mf.training import fused_step
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.training.fused import FusedRowAdagrad
 from lightning_mf.training.module import RatingPredictor
+from lightning_mf.training.optimization import step_schedulers
 from lightning_mf.training.optimizers import RowAdagrad
 
 NUM_USERS, NUM_ITEMS = 30, 20
@@ -70,7 +71,7 @@ def assert_matches_row_adagrad(kwargs: dict, decay: float, row_weights: bool, fu
     fused_opt = FusedRowAdagrad(fused.parameters(), **fused_options, **options)
     if row_weights:
         counts = (torch.arange(NUM_USERS) % 7 + 1, torch.arange(NUM_ITEMS) % 5 + 1)
-        reference.l2_count_power = fused.l2_count_power = 0.5
+        reference.penalty_weights.factor_power = fused.penalty_weights.factor_power = 0.5
         reference.set_train_counts(*counts)
         fused.set_train_counts(*counts)
     for seed in range(steps):
@@ -79,9 +80,7 @@ def assert_matches_row_adagrad(kwargs: dict, decay: float, row_weights: bool, fu
         reference_opt.zero_grad()
         loss.backward()
         reference_opt.step()
-        weights = {}
-        if row_weights:
-            weights = {"user_weight": fused.user_l2_weight[batch.user], "item_weight": fused.item_l2_weight[batch.item]}
+        weights = fused.penalty_weights.for_batch(batch.user, batch.item)
         mse = fused_opt.update(fused.model, *batch, l2=fused.l2, l2_bias=fused.l2_bias,
                                reduction=fused.loss_reduction, **weights)
         torch.testing.assert_close(mse, data_loss.detach())
@@ -115,8 +114,8 @@ class PlainStages:
 
     def __init__(self) -> None:
         self.sizes: Counter[tuple[str, int]] = Counter()
-        self.update_table = self._recorded("update_table", fused_kernels.update_table)
-        self.update_bias = self._recorded("update_bias", fused_kernels.update_bias)
+        self.factor_table_update = self._recorded("update_table", fused_step.factor_table_update)
+        self.bias_table_update = self._recorded("update_bias", fused_step.bias_table_update)
 
     def _recorded(self, name: str, function: Callable[..., None]) -> Callable[..., None]:
         def call(table: torch.Tensor, accumulator: torch.Tensor, rows: torch.Tensor, *args: object) -> None:
@@ -169,10 +168,10 @@ def test_compiled_stages_serve_the_first_batch_size_only(monkeypatch: pytest.Mon
 
 def test_compile_failure_warns_once_and_trains_on_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
     class Failing:
-        def update_table(self, *args: object) -> None:
+        def factor_table_update(self, *args: object) -> None:
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
 
-        update_bias = update_table
+        bias_table_update = factor_table_update
 
     monkeypatch.setattr("lightning_mf.training.fused.CompiledStages", Failing)
     with warnings.catch_warnings(record=True) as caught:
@@ -198,7 +197,7 @@ def test_torch_compiled_update_equals_row_adagrad_and_compiles_once() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a failed compile would only warn
         optimizer = assert_matches_row_adagrad({}, 0.01, True, dict(threads=2, compile=True), steps=4)
-    assert optimizer.__dict__.get("_compiled_warm") and not optimizer.__dict__.get("_compile_failed")
+    assert optimizer.compiled_warm and not optimizer.compile_failed
     assert counters["stats"]["unique_graphs"] - before <= 4
 
 
@@ -276,14 +275,14 @@ class EveryStepLogging(RatingPredictor):
     """The training step's logging as it was: `self.log` of both losses on every step."""
 
     def training_step(self, batch: RatingBatch, batch_idx: int) -> None:
-        self._mark_seen(batch.user, batch.item)
+        self.seen.update(batch.user, batch.item)
         mse = self._fused_step(batch)
         size = batch.rating.shape[0]
         self.log("train/loss", mse, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         self.log("train/loss_step", mse, on_step=True, on_epoch=False, batch_size=size)
 
     def on_train_epoch_end(self) -> None:
-        self._step_schedulers("epoch")
+        step_schedulers(self.trainer, "epoch")
 
 
 def logged(tmp_path: Path, cls: type[RatingPredictor]) -> dict[str, list[tuple[int, float]]]:

@@ -196,23 +196,23 @@ def test_bad_rating_range_is_rejected() -> None:
 
 @pytest.mark.parametrize("with_sq", [True, False])
 def test_fused_factor_product_gradients(with_sq: bool) -> None:
-    from lightning_mf.training.model import _FactorProduct
+    from lightning_mf.training.factor_product import FactorProduct
 
     p = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
     q = torch.randn(6, 2, 3, dtype=torch.float64, requires_grad=True)
 
     def both(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        dot, sq = _FactorProduct.apply(p, q, with_sq, None, None)
+        dot, sq = FactorProduct.apply(p, q, with_sq, None, None)
         return dot if sq is None else dot * 0.7 + sq * 1.3
 
     assert torch.autograd.gradcheck(both, (p, q))
-    dot, sq = _FactorProduct.apply(p, q, True, None, None)
+    dot, sq = FactorProduct.apply(p, q, True, None, None)
     torch.testing.assert_close(sq, p.pow(2).sum(-1) + q.pow(2).sum(-1))
     torch.testing.assert_close(dot, (p * q).sum(-1))
 
 
 def test_fused_factor_product_with_row_weights() -> None:
-    from lightning_mf.training.model import _FactorProduct
+    from lightning_mf.training.factor_product import FactorProduct
 
     p = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
     q = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
@@ -220,10 +220,10 @@ def test_fused_factor_product_with_row_weights() -> None:
     w_q = torch.rand(5, dtype=torch.float64) + 0.1
 
     def both(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        dot, sq = _FactorProduct.apply(p, q, True, w_p, w_q)
+        dot, sq = FactorProduct.apply(p, q, True, w_p, w_q)
         return dot * 0.7 + sq * 1.3
 
     assert torch.autograd.gradcheck(both, (p, q))
-    _, sq = _FactorProduct.apply(p, q, True, w_p, w_q)
+    _, sq = FactorProduct.apply(p, q, True, w_p, w_q)
     expected = w_p.unsqueeze(1) * p.pow(2).sum(-1) + w_q.unsqueeze(1) * q.pow(2).sum(-1)
     torch.testing.assert_close(sq, expected)

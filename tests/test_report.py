@@ -74,7 +74,11 @@ def test_observations_follow_the_documented_thresholds() -> None:
     assert observe(curve(SHAPES["02-underfit"][0]), curve(SHAPES["02-underfit"][1]), 4.74) == "converged"
     # Far above train but not rising: converged, with the gap stated.
     gap = observe(curve([1.0, 0.9, 0.9, 0.9, 0.9]), curve([2.0, 1.9, 1.9, 1.9, 1.9]), 1.9)
-    assert gap == "converged; val loss 2.11x train loss" and 2.11 > 1 + GAP
+    assert gap == "converged; val loss 2.11x train loss"
+    # The ratio is stated from 1 + GAP on, not below it.
+    for ratio, stated in ((1 + GAP - 0.01, False), (1 + GAP + 0.01, True)):
+        said = observe(curve([1.0, 1.0, 1.0]), curve([ratio] * 3), ratio)
+        assert said == ("converged" + (f"; val loss {ratio:.2f}x train loss" if stated else "")), (ratio, said)
     # A slow, steady fall on a large offset is not a plateau, even though each step is small.
     slow = [14.1 - 0.07 * e for e in range(10)]
     assert observe(curve([14.0 - 0.3 * e for e in range(10)]), curve(slow), 3.0).startswith("still improving")
@@ -82,7 +86,10 @@ def test_observations_follow_the_documented_thresholds() -> None:
     assert observe(curve([1.0, 0.9, 0.9, 0.9]), curve([1.0, 1.001, 0.999, 1.002]), 1.0) == "converged"
     assert observe(curve([1.0]), curve([1.0]), 1.0).startswith("too short")
     assert observe(None, curve([1.0, 1.0]), 1.0) == "no epoch finished"
-    assert HIGH > 0
+    # Underfitting starts at (1 + HIGH) times the best run's val loss.
+    flat_train, flat_val = curve([1.0, 0.9, 0.9, 0.9, 0.9]), curve([1.0, 0.95, 0.95, 0.95, 0.95])
+    assert observe(flat_train, flat_val, 0.95 / (1 + HIGH) * 1.01) == "converged"
+    assert observe(flat_train, flat_val, 0.95 / (1 + HIGH) * 0.99).startswith("underfitting")
 
 
 def _rows(report: Path) -> dict[str, list[str]]:

@@ -151,13 +151,14 @@ def test_eval_batches_hold_whole_users_in_file_order(
     make_dataset(tmp_path, val_rows=400, num_users=60, row_group_size=64)
     table = read_split(tmp_path, "val")
     users, items = table.column("user").to_numpy(), table.column("item").to_numpy()
-    pieces = []
+    pieces, rank_batches = [], []
     for rank in range(world):
         ds = EvalStream(tmp_path / "val.parquet", batch, rank=rank, world_size=world)
         per_worker = run_rank(ds, workers, monkeypatch)
         batches = [b for w in per_worker for b in w]
         assert len(batches) == len(ds)
         pieces.extend(batches)
+        rank_batches.append(batches)
     # Concatenated in rank and worker order, the batches are the file itself.
     assert np.array_equal(np.concatenate([b.user.numpy() for b in pieces]), users)
     assert np.array_equal(np.concatenate([b.item.numpy() for b in pieces]), items)
@@ -165,9 +166,12 @@ def test_eval_batches_hold_whole_users_in_file_order(
     for index, b in enumerate(pieces):
         for user in set(b.user.tolist()):
             assert owner.setdefault(user, index) == index, f"user {user} split across batches"
+    # A batch ends at the first user start at or after each multiple of `batch` past its shard's
+    # start, so all but a shard's last batch are within one user's ratings of `batch`.
     counts = np.bincount(users)
-    for b in pieces[:-1]:
-        assert len(b.user) >= min(batch, len(b.user)) and len(b.user) < batch + counts.max() + 1
+    for batches in rank_batches:
+        for b in batches[:-1]:
+            assert batch - counts.max() < len(b.user) < batch + counts.max(), (len(b.user), batch, counts.max())
 
 
 def test_eval_rejects_unsorted_file_and_train_rejects_bad_dtype(tmp_path: Path) -> None:

@@ -20,6 +20,8 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from lightning_mf.training.factor_product import FactorProduct, weighted
+
 InitKind = Literal["xavier", "normal"]
 OutputKind = Literal["linear", "sigmoid"]
 
@@ -44,56 +46,6 @@ class MemberScores(NamedTuple):
     factor_sq: Tensor | None
     bias_sq: Tensor | None
     implicit_sq: Tensor | None = None
-
-
-class _FactorProduct(torch.autograd.Function):
-    """`sum(p * q)` and, if asked, `w_p |p|^2 + w_q |q|^2` over the last dim, with a fused backward.
-
-    Autograd would build the penalty's gradient and the product's separately and add them: three
-    extra passes over batch-sized tensors. Here each factor's gradient is one multiply plus one
-    in-place multiply-add, which matters on the memory-bound sparse path.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any, p: Tensor, q: Tensor, with_sq: bool, p_weight: Tensor | None, q_weight: Tensor | None
-    ) -> tuple[Tensor, Tensor | None]:
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(p, q)
-        ctx.weights = (p_weight, q_weight)
-        if p.device.type == "cpu":
-            # On CPU a batched 1 x d by d x 1 product reads p and q once, with no temporary (a
-            # third faster); autocast off keeps it in the factors' precision like the sum below.
-            with torch.autocast("cpu", enabled=False):
-                dot = torch.bmm(p.reshape(-1, 1, p.shape[-1]), q.reshape(-1, q.shape[-1], 1)).view(p.shape[:-1])
-        else:
-            dot = (p * q).sum(-1)
-        if not with_sq:
-            return dot, None
-        p_sq = torch.linalg.vector_norm(p, dim=-1).square_()
-        q_sq = torch.linalg.vector_norm(q, dim=-1).square_()
-        return dot, _weighted(p_sq, p_weight) + _weighted(q_sq, q_weight)
-
-    @staticmethod
-    def backward(
-        ctx: Any, grad_dot: Tensor | None, grad_sq: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
-        p, q = ctx.saved_tensors
-        grad_p = grad_q = None
-        if grad_dot is not None:
-            grad_p, grad_q = q * grad_dot.unsqueeze(-1), p * grad_dot.unsqueeze(-1)
-        if grad_sq is not None:
-            p_weight, q_weight = ctx.weights
-            twice_p = 2.0 * _weighted(grad_sq, p_weight).unsqueeze(-1)
-            twice_q = 2.0 * _weighted(grad_sq, q_weight).unsqueeze(-1)
-            grad_p = p * twice_p if grad_p is None else grad_p.addcmul_(p, twice_p)
-            grad_q = q * twice_q if grad_q is None else grad_q.addcmul_(q, twice_q)
-        return grad_p, grad_q, None, None, None
-
-
-def _weighted(values: Tensor, weight: Tensor | None) -> Tensor:
-    """`values` `(batch, copies)` times a per-rating weight `(batch,)`, if there is one."""
-    return values if weight is None else values * weight.unsqueeze(1)
 
 
 class MatrixFactorization(nn.Module):
@@ -271,24 +223,24 @@ class MatrixFactorization(nn.Module):
             term = self._implicit_term(user).view(shape)
             if penalty:
                 # p_u and the implicit term are penalised separately (SVD++'s two regularisers).
-                factor_sq = _weighted(p.pow(2).sum(-1), user_weight) + _weighted(q.pow(2).sum(-1), item_weight)
+                factor_sq = weighted(p.pow(2).sum(-1), user_weight) + weighted(q.pow(2).sum(-1), item_weight)
                 implicit_sq = term.pow(2).sum(-1)
             else:
                 factor_sq = None
             raw = (self.dropout(p + term) * self.dropout(q)).sum(-1)
         elif isinstance(self.dropout, nn.Dropout):
             if penalty:
-                factor_sq = _weighted(p.pow(2).sum(-1), user_weight) + _weighted(q.pow(2).sum(-1), item_weight)
+                factor_sq = weighted(p.pow(2).sum(-1), user_weight) + weighted(q.pow(2).sum(-1), item_weight)
             else:
                 factor_sq = None
             raw = (self.dropout(p) * self.dropout(q)).sum(-1)
         else:
-            raw, factor_sq = _FactorProduct.apply(p, q, penalty, user_weight, item_weight)
+            raw, factor_sq = FactorProduct.apply(p, q, penalty, user_weight, item_weight)
         bias_sq = None
         if self.user_bias is not None and self.item_bias is not None:
             b_u, b_i = self.user_bias(user), self.item_bias(item)
             if penalty:
-                bias_sq = _weighted(b_u.pow(2), user_bias_weight) + _weighted(b_i.pow(2), item_bias_weight)
+                bias_sq = weighted(b_u.pow(2), user_bias_weight) + weighted(b_i.pow(2), item_bias_weight)
         if not self.training:
             user_seen = self.user_seen[user].unsqueeze(1)
             item_seen = self.item_seen[item].unsqueeze(1)

@@ -1,16 +1,17 @@
-"""The training system around `MatrixFactorization`: loss, penalty, metrics, logging, optimizers."""
+"""`RatingPredictor`, the training system around `MatrixFactorization`: loss, penalties, metrics, logging.
+
+How the optimizer is built, checked and scheduled is `optimization`'s job, the penalty row weights
+`penalties`', the running train loss and seen-row marks `train_metrics`'.
+"""
 
 from __future__ import annotations
 
-import math
-from functools import partial
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
-from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from lightning_mf.data.batch import RatingBatch
@@ -18,16 +19,15 @@ from lightning_mf.data.schema import RatingScale
 from lightning_mf.training.fused import FusedRowAdagrad
 from lightning_mf.training.metrics import RankingMetrics
 from lightning_mf.training.model import InitKind, MatrixFactorization, OutputKind
-from lightning_mf.training.optimizers import keep_freed_memory
-
-# Optimizers that raise on sparse gradients: rejected up front when `sparse=True`.
-_DENSE_ONLY = (torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adamax,
-               torch.optim.RMSprop, torch.optim.Adadelta, torch.optim.ASGD, torch.optim.Rprop, torch.optim.LBFGS)
-
-
-def _half_cosine(step: int, total: int) -> float:
-    """Learning-rate factor after `step` of `total` steps: 1 at the start, 0 at the end."""
-    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+from lightning_mf.training.optimization import (
+    check_optimizer,
+    parameter_groups,
+    scale_implicit_lr,
+    step_schedulers,
+    with_schedule,
+)
+from lightning_mf.training.penalties import PenaltyRowWeights
+from lightning_mf.training.train_metrics import SeenRows, WeightedMean
 
 
 class RatingPredictor(LightningModule):
@@ -36,8 +36,7 @@ class RatingPredictor(LightningModule):
     Logged every epoch: `train/loss` (data MSE, mean over the epoch's ratings; `train/loss_step`
     the batch's, on the steps the logger writes: every `log_every_n_steps`), `val/loss` (MSE), `val/rmse`, `val/mae`, `hp_metric` (= val RMSE),
     `test/rmse`, `test/mae`, `test/ndcg@K` and `test/recall@K`. Eval predictions are clipped to
-    the rating range and fall back to biases for users or items unseen in training. On CPU, fit
-    start calls `lightning_mf.training.optimizers.keep_freed_memory` (a process-wide glibc setting).
+    the rating range and fall back to biases for users or items unseen in training.
 
     Regularization comes in two forms, usable together: the optimizer's `weight_decay` (as the
     seed experiment log did; dense optimizers decay every row every step) and `l2`, the classic
@@ -129,19 +128,8 @@ class RatingPredictor(LightningModule):
         ranking_top_k: int = 10,
     ) -> None:
         super().__init__()
-        if min(l2, l2 if l2_bias is None else l2_bias, l2 if l2_implicit is None else l2_implicit) < 0:
-            raise ValueError(
-                f"RatingPredictor: l2, l2_bias and l2_implicit must be >= 0, got {l2}, {l2_bias} and {l2_implicit}"
-            )
-        if loss_reduction not in ("mean", "sum"):
-            raise ValueError(f"RatingPredictor: loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
-        if implicit_lr_scale <= 0:
-            raise ValueError(f"RatingPredictor: implicit_lr_scale must be > 0, got {implicit_lr_scale}")
-        if cosine_decay and lr_scheduler is not None:
-            raise ValueError("RatingPredictor: give either lr_scheduler or cosine_decay=True, not both")
-        if lr_scheduler_interval not in ("epoch", "step"):
-            raise ValueError(f"RatingPredictor: lr_scheduler_interval must be 'epoch' or 'step', "
-                             f"got {lr_scheduler_interval!r}")
+        _check_arguments(l2, l2_bias, l2_implicit, loss_reduction, implicit_lr_scale, cosine_decay, lr_scheduler,
+                         lr_scheduler_interval)
         self.save_hyperparameters()
         # Callables given in code (not the CLI's class_path dicts) would break a weights-only
         # checkpoint load, so they are not saved: `load_from_checkpoint` then builds the default
@@ -157,28 +145,18 @@ class RatingPredictor(LightningModule):
         self.l2 = float(l2)
         self.l2_bias = float(l2 if l2_bias is None else l2_bias)
         self.l2_implicit = float(l2 if l2_implicit is None else l2_implicit)
-        self.l2_count_power = float(l2_count_power)
-        self.l2_bias_count_power = float(l2_bias_count_power)
+        self.penalty_weights = PenaltyRowWeights(l2_count_power, l2_bias_count_power)
         self.loss_reduction = loss_reduction
         self.implicit_lr_scale = float(implicit_lr_scale)
-        # Row weights n^(a-1) of the factor and bias penalties, from the training counts at fit start.
-        for name in ("user_l2_weight", "item_l2_weight", "user_bias_l2_weight", "item_bias_l2_weight"):
-            self.register_buffer(name, torch.ones(0), persistent=False)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.val_mse, self.val_rmse, self.val_mae = (MeanSquaredError(), MeanSquaredError(squared=False),
                                                      MeanAbsoluteError())
         self.test_rmse, self.test_mae = MeanSquaredError(squared=False), MeanAbsoluteError()
-        scale = RatingScale(min=rating_min, max=rating_max)
-        self.test_ranking = RankingMetrics(scale.relevance_threshold, top_k=ranking_top_k)
-        # Seen-marks of this rank since the last merge; DDP re-broadcasts rank 0's buffers before
-        # every forward, so other ranks' marks live here until `_merge_seen` ORs them in.
-        self._pending_seen: tuple[Tensor, Tensor] | None = None
-        # The epoch's summed squared training error (on the batches' device) and rating count,
-        # kept here rather than by `self.log(on_epoch=True)` every step: two `self.log` calls a
-        # step cost about 1 ms, an eighth of a fast-path step on CPU; this is one in-place add.
-        self._train_sse: Tensor | None = None
-        self._train_count = 0
+        self.test_ranking = RankingMetrics(RatingScale(min=rating_min, max=rating_max).relevance_threshold,
+                                           top_k=ranking_top_k)
+        self.train_loss = WeightedMean()  # the epoch's data MSE over all its ratings
+        self.seen = SeenRows(num_users, num_items)  # this rank's trained rows since the last merge
 
     def forward(self, user: Tensor, item: Tensor) -> Tensor:
         return self.model(user, item)
@@ -187,7 +165,7 @@ class RatingPredictor(LightningModule):
         """The training objective of a batch (see the class docstring) and its data part, the MSE."""
         user, item, rating = batch
         penalize = self.l2 > 0 or self.l2_bias > 0 or self.l2_implicit > 0
-        weights = self._penalty_weights(user, item) if penalize else {}
+        weights = self.penalty_weights.for_batch(user, item) if penalize else {}
         scores = self.model.members(user, item, penalty=penalize, **weights)
         squared_error = (scores.prediction - rating.unsqueeze(1)).pow(2)
         data_loss = squared_error.mean()
@@ -201,42 +179,34 @@ class RatingPredictor(LightningModule):
 
     def training_step(self, batch: RatingBatch, batch_idx: int) -> Tensor | None:
         user, item, rating = batch
+        self.seen.update(user, item)
         if self.automatic_optimization:
-            self._mark_seen(user, item)
             loss, data_loss = self.loss(batch)
-        else:  # marks the seen rows itself
+        else:
             loss, data_loss = None, self._fused_step(batch)
-        self._track_train_loss(data_loss.detach(), rating.shape[0])
-        return loss
-
-    def _track_train_loss(self, mse: Tensor, size: int) -> None:
-        """Adds a batch to the epoch's `train/loss`; logs `train/loss_step` on the steps the logger writes."""
-        if self._train_sse is None or self._train_sse.device != mse.device:
-            # float64 where the device has it: an epoch of 100K small batches stays exact to ~1e-12.
-            dtype = torch.float32 if mse.device.type == "mps" else torch.float64
-            self._train_sse = torch.zeros((), dtype=dtype, device=mse.device)
-        self._train_sse.add_(mse, alpha=size)
-        self._train_count += size
+        self.train_loss.update(data_loss, rating.shape[0])
         # Lightning writes step metrics only every `log_every_n_steps`; a `self.log` call on the
-        # other steps costs as much and is thrown away. Without that predicate (another Lightning
-        # version), log every step as before.
+        # other steps costs as much (about 0.5 ms) and is thrown away. Without that predicate
+        # (another Lightning version), log every step.
         connector = getattr(self.trainer, "_logger_connector", None)
         if getattr(connector, "should_update_logs", True) or self.trainer.fast_dev_run:
-            self.log("train/loss_step", mse, on_step=True, on_epoch=False, batch_size=size)
+            self.log("train/loss_step", data_loss.detach(), on_step=True, on_epoch=False, batch_size=rating.shape[0])
+        return loss
 
-    def _log_train_loss(self) -> None:
-        """Logs `train/loss`, the epoch's mean training MSE over all ratings (all processes), and resets it."""
-        distributed = self.trainer.world_size > 1
-        if self._train_count == 0 and not distributed:
-            return
-        sse = self._train_sse if self._train_sse is not None else torch.zeros((), device=self.device)
-        totals = torch.stack([sse, torch.tensor(float(self._train_count), dtype=sse.dtype, device=sse.device)])
-        if distributed:  # a collective: every rank gets here once per epoch, batches or not
-            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
-        self._train_sse, self._train_count = None, 0
-        if totals[1] > 0:
-            # Already summed over ranks; sync_dist averages identical values (and keeps Lightning quiet).
-            self.log("train/loss", (totals[0] / totals[1]).float(), on_step=False, on_epoch=True, sync_dist=True)
+    def _fused_step(self, batch: RatingBatch) -> Tensor:
+        """One FusedRowAdagrad update (manual optimization); returns the batch's data MSE."""
+        user, item, rating = batch
+        optimizer = self.optimizers()
+        result: list[Tensor] = []
+
+        def update() -> None:
+            result.append(optimizer.optimizer.update(
+                self.model, user, item, rating, l2=self.l2, l2_bias=self.l2_bias, reduction=self.loss_reduction,
+                **self.penalty_weights.for_batch(user, item)))
+
+        optimizer.step(closure=update)
+        step_schedulers(self.trainer, "step")
+        return result[0]
 
     def validation_step(self, batch: RatingBatch, batch_idx: int) -> None:
         user, item, rating = batch
@@ -273,159 +243,78 @@ class RatingPredictor(LightningModule):
         """Clipped predictions for a batch's (user, item) pairs; a rating field is ignored."""
         return self.model(batch[0], batch[1])
 
-    def _parameter_groups(self) -> list[dict[str, Any]]:
-        implicit = self.model.implicit_factors
-        if implicit is None or self.implicit_lr_scale == 1.0:
-            return [{"params": list(self.parameters())}]
-        others = [p for p in self.parameters() if p is not implicit.weight]
-        return [{"params": others}, {"params": [implicit.weight], "name": "implicit_factors"}]
-
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self._parameter_groups())
-        for group in optimizer.param_groups:
-            if group.get("name") == "implicit_factors":
-                group["lr"] = group["lr"] * self.implicit_lr_scale
-        if self.model.sparse and isinstance(optimizer, _DENSE_ONLY):
-            raise ValueError(
-                f"RatingPredictor: sparse=True needs an optimizer that accepts sparse gradients, got "
-                f"{type(optimizer).__name__}. Use lightning_mf.training.optimizers.RowAdagrad, lightning_mf.training.optimizers.RowAdam, "
-                "torch.optim.SparseAdam, torch.optim.Adagrad or torch.optim.SGD, or set sparse=False."
-            )
+        optimizer = self.optimizer_factory(parameter_groups(self, self.model, self.implicit_lr_scale))
+        scale_implicit_lr(optimizer, self.implicit_lr_scale)
+        world_size = self._trainer.world_size if self._trainer is not None else 1
+        check_optimizer(optimizer, self.model, world_size, self.penalty_weights.bias_power)
         # FusedRowAdagrad updates the tables itself (in `_fused_step`): Lightning must not backprop.
-        fused = isinstance(optimizer, FusedRowAdagrad)
-        if fused:
-            FusedRowAdagrad.check(self.model, self._trainer.world_size if self._trainer is not None else 1)
-            if self.l2_bias_count_power != 1.0:
-                raise ValueError(
-                    "RatingPredictor: FusedRowAdagrad supports l2, l2_bias and l2_count_power only; "
-                    "set l2_bias_count_power=1 or use lightning_mf.training.optimizers.RowAdagrad"
-                )
-        self.automatic_optimization = not fused
-        if self.hparams.cosine_decay:
-            total = max(1, int(self.trainer.estimated_stepping_batches))
-            decay = partial(_half_cosine, total=total)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, decay), "interval": "step"}}
-        if self.lr_scheduler_factory is None:
-            return optimizer
-        scheduler = self.lr_scheduler_factory(optimizer)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.lr_scheduler_interval,
-                             "monitor": self.hparams.lr_scheduler_monitor},
-        }
+        self.automatic_optimization = not isinstance(optimizer, FusedRowAdagrad)
+        return with_schedule(optimizer, self._trainer, self.hparams.cosine_decay, self.lr_scheduler_factory,
+                             self.hparams.lr_scheduler_interval, self.hparams.lr_scheduler_monitor)
 
     def on_fit_start(self) -> None:
-        if self.device.type == "cpu":
-            keep_freed_memory()
-        if self._counts_needed() and not (self.user_l2_weight.numel() or self.user_bias_l2_weight.numel()):
-            self._set_l2_weights()
+        if not self.penalty_weights.ready:
+            self.set_train_counts(*self._from_datamodule(
+                "train_counts", "(user_counts, item_counts)", "l2_count_power or l2_bias_count_power != 1 needs "
+                "each row's number of training ratings", "or call set_train_counts()"))
         model = self.model
-        if model.implicit_factors is None or model.implicit_items.numel() > 0:
-            return
-        source = getattr(self.trainer.datamodule, "train_interactions", None)
-        if source is None:
-            raise ValueError(
-                "RatingPredictor: implicit_feedback=True needs each user's training items. Fit with a "
-                "DataModule that has train_interactions() -> (user, item), or call "
-                "module.model.set_implicit_feedback(user, item) before fit."
-            )
-        user, item = source()
-        model.set_implicit_feedback(user, item)
+        if model.implicit_factors is not None and model.implicit_items.numel() == 0:
+            model.set_implicit_feedback(*self._from_datamodule(
+                "train_interactions", "(user, item)", "implicit_feedback=True needs each user's training items",
+                "or call module.model.set_implicit_feedback(user, item) before fit"))
 
-    def _set_l2_weights(self) -> None:
-        source = getattr(self.trainer.datamodule, "train_counts", None)
+    def _from_datamodule(self, method: str, returns: str, need: str, otherwise: str) -> tuple[Tensor, Tensor]:
+        """What the DataModule's `method()` returns, or an error saying what needs it and how else to give it."""
+        source = getattr(self.trainer.datamodule, method, None)
         if source is None:
-            raise ValueError(
-                "RatingPredictor: l2_count_power or l2_bias_count_power != 1 needs each row's number of "
-                "training ratings. Fit with a "
-                "DataModule that has train_counts() -> (user_counts, item_counts), or call set_train_counts()."
-            )
-        self.set_train_counts(*source())
-
-    def _counts_needed(self) -> bool:
-        return self.l2_count_power != 1.0 or self.l2_bias_count_power != 1.0
+            raise ValueError(f"RatingPredictor: {need}. Fit with a DataModule that has {method}() -> {returns}, "
+                             f"{otherwise}.")
+        return source()
 
     def set_train_counts(self, user_counts: Tensor, item_counts: Tensor) -> None:
         """Per-row training counts n, which weight the penalties by n^(power - 1)."""
-        # A row without training ratings is never looked up in training; its weight is moot.
-        users = user_counts.to(self.device, torch.float32).clamp(min=1)
-        items = item_counts.to(self.device, torch.float32).clamp(min=1)
-        if self.l2_count_power != 1.0:
-            self.user_l2_weight = users.pow(self.l2_count_power - 1.0)
-            self.item_l2_weight = items.pow(self.l2_count_power - 1.0)
-        if self.l2_bias_count_power != 1.0:
-            self.user_bias_l2_weight = users.pow(self.l2_bias_count_power - 1.0)
-            self.item_bias_l2_weight = items.pow(self.l2_bias_count_power - 1.0)
-
-    def _penalty_weights(self, user: Tensor, item: Tensor) -> dict[str, Tensor]:
-        """The batch's per-rating penalty weights (none when every power is 1)."""
-        weights = {}
-        if self.user_l2_weight.numel():
-            weights.update(user_weight=self.user_l2_weight[user], item_weight=self.item_l2_weight[item])
-        if self.user_bias_l2_weight.numel():
-            weights.update(
-                user_bias_weight=self.user_bias_l2_weight[user], item_bias_weight=self.item_bias_l2_weight[item]
-            )
-        return weights
-
-    def _mark_seen(self, user: Tensor, item: Tensor) -> None:
-        self.model.mark_seen(user, item)
-        if self.trainer.world_size > 1:
-            if self._pending_seen is None or self._pending_seen[0].device != user.device:
-                self._pending_seen = (self.model.user_seen.clone(), self.model.item_seen.clone())
-            self._pending_seen[0][user] = True
-            self._pending_seen[1][item] = True
+        self.penalty_weights.set_counts(user_counts, item_counts)
 
     def _merge_seen(self) -> None:
-        """OR every rank's seen-marks into the buffers (a collective: all ranks call it together)."""
-        if self._pending_seen is None:
+        """ORs every rank's seen-marks into the model's (all ranks call it together: it may gather)."""
+        if self.seen.update_count == 0:  # the same on every rank: all run the same number of steps
             return
-        for buffer, pending in zip((self.model.user_seen, self.model.item_seen), self._pending_seen):
-            merged = self.trainer.strategy.reduce((buffer | pending).to(torch.int32), reduce_op="sum") > 0
-            buffer |= merged
-            pending |= merged
-
-    def on_train_epoch_start(self) -> None:
-        self._train_sse, self._train_count = None, 0
+        users, items = self.seen.compute()
+        self.model.user_seen |= users
+        self.model.item_seen |= items
+        self.seen.reset()
 
     def on_train_epoch_end(self) -> None:
         # Runs before ModelCheckpoint's epoch-end save (and before callbacks that monitor a
         # metric), so checkpoints hold the merged marks and `train/loss` can be monitored.
-        self._log_train_loss()
+        if self.train_loss.update_count:
+            self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
         self._merge_seen()
-        self._step_schedulers("epoch")
-
-    def _fused_step(self, batch: RatingBatch) -> Tensor:
-        """One FusedRowAdagrad update (manual optimization); returns the batch's data MSE."""
-        user, item, rating = batch
-        optimizer = self.optimizers()
-        weights = {}
-        if self.user_l2_weight.numel():
-            weights = {"user_weight": self.user_l2_weight[user], "item_weight": self.item_l2_weight[item]}
-        result: list[Tensor] = []
-        update = partial(optimizer.optimizer.update, self.model, user, item, rating, l2=self.l2,
-                         l2_bias=self.l2_bias, reduction=self.loss_reduction,
-                         beside=partial(self._mark_seen, user, item), **weights)
-        optimizer.step(closure=lambda: result.append(update()))
-        self._step_schedulers("step")
-        return result[0]
-
-    def _step_schedulers(self, interval: str) -> None:
-        """Steps the schedulers of this interval; Lightning does so itself under automatic optimization."""
-        if self.automatic_optimization or self._trainer is None:
-            return
-        for config in self.trainer.lr_scheduler_configs:
-            if config.interval != interval:
-                continue
-            if isinstance(config.scheduler, ReduceLROnPlateau):
-                metric = self.trainer.callback_metrics.get(config.monitor)
-                if metric is not None:
-                    config.scheduler.step(metric)
-            else:
-                config.scheduler.step()
+        if not self.automatic_optimization:
+            step_schedulers(self.trainer, "epoch")
 
     def on_validation_epoch_start(self) -> None:
         self._merge_seen()
 
     def on_test_epoch_start(self) -> None:
         self._merge_seen()
+
+
+def _check_arguments(l2: float, l2_bias: float | None, l2_implicit: float | None, loss_reduction: str,
+                     implicit_lr_scale: float, cosine_decay: bool, lr_scheduler: object,
+                     lr_scheduler_interval: str) -> None:
+    """Rejects settings a user can get wrong, naming the argument and what was found."""
+    if min(l2, l2 if l2_bias is None else l2_bias, l2 if l2_implicit is None else l2_implicit) < 0:
+        raise ValueError(
+            f"RatingPredictor: l2, l2_bias and l2_implicit must be >= 0, got {l2}, {l2_bias} and {l2_implicit}"
+        )
+    if loss_reduction not in ("mean", "sum"):
+        raise ValueError(f"RatingPredictor: loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
+    if implicit_lr_scale <= 0:
+        raise ValueError(f"RatingPredictor: implicit_lr_scale must be > 0, got {implicit_lr_scale}")
+    if cosine_decay and lr_scheduler is not None:
+        raise ValueError("RatingPredictor: give either lr_scheduler or cosine_decay=True, not both")
+    if lr_scheduler_interval not in ("epoch", "step"):
+        raise ValueError(f"RatingPredictor: lr_scheduler_interval must be 'epoch' or 'step', "
+                         f"got {lr_scheduler_interval!r}")

@@ -8,20 +8,18 @@ dense gradients in one object:
 
 - `RowAdam`: lazy Adam with a step count per row; closest to the dense Adam of the seed log.
 - `RowAdagrad`: row-wise Adagrad, one float of state per row and no sort; the fastest.
-
-`keep_freed_memory` stops glibc from returning batch buffers to the OS after every CPU step.
 """
 
 from __future__ import annotations
 
-import ctypes
-import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from lightning_mf.training.row_adagrad import row_adagrad_step
 
 
 def check_hyperparameters(owner: str, lr: float, eps: float, weight_decay: float,
@@ -38,7 +36,27 @@ def check_hyperparameters(owner: str, lr: float, eps: float, weight_decay: float
         raise ValueError(f"{owner}: weight_decay must be >= 0, got {weight_decay}")
 
 
-class RowAdam(Optimizer):
+class RowWiseOptimizer(Optimizer):
+    """The step both optimizers share: the closure (with grad on), then each parameter that has a
+    gradient, sparse or dense, through the subclass's `_update`."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is not None:
+                    self._update(param, group)
+        return loss
+
+    def _update(self, param: Tensor, group: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class RowAdam(RowWiseOptimizer):
     """Lazy Adam: a sparse gradient updates only its rows, each with its own bias correction.
 
     A row's moments and step count advance only on the steps that touch it, so an update of a
@@ -73,21 +91,11 @@ class RowAdam(Optimizer):
                         decoupled_weight_decay=decoupled_weight_decay)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    self._sparse_step(param, group)
-                else:
-                    self._dense_step(param, group)
-        return loss
+    def _update(self, param: Tensor, group: dict[str, Any]) -> None:
+        if param.grad.is_sparse:
+            self._sparse_step(param, group)
+        else:
+            self._dense_step(param, group)
 
     def _state(self, param: Tensor, per_row: bool) -> dict[str, Tensor]:
         state = self.state[param]
@@ -141,7 +149,7 @@ class RowAdam(Optimizer):
         param.sub_(state["exp_avg"].div(denom).mul_(lr / (1.0 - torch.pow(beta1, step))))
 
 
-class RowAdagrad(Optimizer):
+class RowAdagrad(RowWiseOptimizer):
     """Row-wise Adagrad: one accumulator per embedding row, no sort, a few passes per batch.
 
     The accumulator of a row grows by the mean square (over the row) of each gradient
@@ -176,27 +184,17 @@ class RowAdagrad(Optimizer):
                         weight_decay=weight_decay)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                sparse = param.grad.is_sparse
-                if not state:
-                    shape = param.shape[:1] if sparse else param.shape
-                    state["sum"] = torch.full(shape, group["initial_accumulator_value"],
-                                              dtype=param.dtype, device=param.device)
-                if sparse:
-                    self._sparse_step(param, state["sum"], group)
-                else:
-                    self._dense_step(param, state["sum"], group)
-        return loss
+    def _update(self, param: Tensor, group: dict[str, Any]) -> None:
+        state = self.state[param]
+        sparse = param.grad.is_sparse
+        if not state:
+            shape = param.shape[:1] if sparse else param.shape
+            state["sum"] = torch.full(shape, group["initial_accumulator_value"], dtype=param.dtype,
+                                      device=param.device)
+        if sparse:
+            self._sparse_step(param, state["sum"], group)
+        else:
+            self._dense_step(param, state["sum"], group)
 
     @staticmethod
     def _sparse_step(param: Tensor, accumulator: Tensor, group: dict[str, Any]) -> None:
@@ -210,10 +208,9 @@ class RowAdagrad(Optimizer):
             values = values.add(param.index_select(0, rows).view_as(values), alpha=group["weight_decay"])
         # One read pass for the mean square, no temporary of the gradient's size.
         square = torch.linalg.vector_norm(values, dim=1).square_().div_(values.shape[1])
-        accumulator.index_add_(0, rows, square)
-        scale = accumulator.index_select(0, rows).sqrt_().add_(group["eps"]).reciprocal_().mul_(-group["lr"])
         # Scaled in place: the gradient is consumed by this step.
-        param.index_add_(0, rows, values.mul_(scale.unsqueeze(1)).view(-1, *param.shape[1:]))
+        row_adagrad_step(param.view(param.shape[0], -1), accumulator, rows, square,
+                         lambda factor: values.mul_(factor.unsqueeze(1)), group["lr"], group["eps"])
 
     @staticmethod
     def _dense_step(param: Tensor, accumulator: Tensor, group: dict[str, Any]) -> None:
@@ -224,27 +221,3 @@ class RowAdagrad(Optimizer):
             grad = grad.add(param, alpha=group["weight_decay"])
         accumulator.addcmul_(grad, grad)
         param.addcdiv_(grad, accumulator.sqrt().add_(group["eps"]), value=-group["lr"])
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc to keep freed batch-sized buffers instead of handing them back to the OS.
-
-    Every CPU training step allocates and frees tensors of `batch x embedding_dim` floats (16 MB
-    at 32768 x 128). By default glibc trims or unmaps such blocks and the next step page-faults
-    them back in, which costs about a fifth of a sparse step on a 2-core machine. This keeps
-    blocks up to 32 MB in the heap and never trims it (the peak footprint is unchanged). Safe to
-    call more than once.
-
-    Returns:
-        Whether the settings took effect (False off glibc Linux).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    mmap_ok = libc.mallopt(m_mmap_threshold, 32 << 20)
-    trim_ok = libc.mallopt(m_trim_threshold, (1 << 31) - 1)
-    return bool(mmap_ok and trim_ok)

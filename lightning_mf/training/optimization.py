@@ -1,0 +1,107 @@
+"""How `RatingPredictor` builds and drives its optimizer: parameter groups, the checks that reject a
+combination up front, the learning-rate schedules, and stepping them under manual optimization.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
+
+from lightning_mf.training.fused import FusedRowAdagrad
+from lightning_mf.training.model import MatrixFactorization
+
+# Optimizers that raise on sparse gradients: rejected up front when `sparse=True`.
+DENSE_ONLY = (torch.optim.Adam, torch.optim.AdamW, torch.optim.NAdam, torch.optim.RAdam, torch.optim.Adamax,
+              torch.optim.RMSprop, torch.optim.Adadelta, torch.optim.ASGD, torch.optim.Rprop, torch.optim.LBFGS)
+IMPLICIT_GROUP = "implicit_factors"
+
+
+class HalfCosineLR(LRScheduler):
+    """Lowers every learning rate from its initial value to 0 along a half cosine over `total_steps`.
+
+    A scheduler class rather than a `LambdaLR` of a function, so its length is part of its
+    `state_dict` and a resumed run continues the same curve.
+    """
+
+    def __init__(self, optimizer: Optimizer, total_steps: int, last_epoch: int = -1) -> None:
+        if total_steps < 1:
+            raise ValueError(f"HalfCosineLR: total_steps must be >= 1, got {total_steps}")
+        self.total_steps = total_steps
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, step: int) -> float:
+        """Learning-rate factor after `step` steps: 1 at the start, 0 at the end."""
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, self.total_steps) / self.total_steps))
+
+    def get_lr(self) -> list[float]:
+        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+
+
+def parameter_groups(module: torch.nn.Module, model: MatrixFactorization, implicit_lr_scale: float) -> list[dict[str, Any]]:
+    """One group, or two when the SVD++ item factors learn at their own rate (`IMPLICIT_GROUP`)."""
+    implicit = model.implicit_factors
+    if implicit is None or implicit_lr_scale == 1.0:
+        return [{"params": list(module.parameters())}]
+    others = [p for p in module.parameters() if p is not implicit.weight]
+    return [{"params": others}, {"params": [implicit.weight], "name": IMPLICIT_GROUP}]
+
+
+def scale_implicit_lr(optimizer: Optimizer, implicit_lr_scale: float) -> None:
+    for group in optimizer.param_groups:
+        if group.get("name") == IMPLICIT_GROUP:
+            group["lr"] = group["lr"] * implicit_lr_scale
+
+
+def check_optimizer(optimizer: Optimizer, model: MatrixFactorization, world_size: int,
+                    l2_bias_count_power: float) -> None:
+    """Rejects an optimizer the model cannot train with, naming what to use instead."""
+    if model.sparse and isinstance(optimizer, DENSE_ONLY):
+        raise ValueError(
+            f"RatingPredictor: sparse=True needs an optimizer that accepts sparse gradients, got "
+            f"{type(optimizer).__name__}. Use lightning_mf.training.optimizers.RowAdagrad, "
+            "lightning_mf.training.optimizers.RowAdam, torch.optim.SparseAdam, torch.optim.Adagrad or "
+            "torch.optim.SGD, or set sparse=False."
+        )
+    if isinstance(optimizer, FusedRowAdagrad):
+        FusedRowAdagrad.check(model, world_size)
+        if l2_bias_count_power != 1.0:
+            raise ValueError(
+                "RatingPredictor: FusedRowAdagrad supports l2, l2_bias and l2_count_power only; "
+                "set l2_bias_count_power=1 or use lightning_mf.training.optimizers.RowAdagrad"
+            )
+
+
+def with_schedule(optimizer: Optimizer, trainer: pl.Trainer | None, cosine_decay: bool,
+                  lr_scheduler: LRSchedulerCallable | None, interval: str, monitor: str) -> Any:
+    """What `configure_optimizers` returns: the optimizer, with its scheduler if there is one."""
+    if cosine_decay:
+        if trainer is None:
+            raise RuntimeError("RatingPredictor: cosine_decay takes the fit's length from the Trainer; "
+                               "configure optimizers through Trainer.fit")
+        total = max(1, int(trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": HalfCosineLR(optimizer, total), "interval": "step"}}
+    if lr_scheduler is None:
+        return optimizer
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": lr_scheduler(optimizer), "interval": interval, "monitor": monitor},
+    }
+
+
+def step_schedulers(trainer: pl.Trainer, interval: str) -> None:
+    """Steps the schedulers of this interval, as Lightning does itself under automatic optimization."""
+    for config in trainer.lr_scheduler_configs:
+        if config.interval != interval:
+            continue
+        if isinstance(config.scheduler, ReduceLROnPlateau):
+            metric = trainer.callback_metrics.get(config.monitor)
+            if metric is not None:
+                config.scheduler.step(metric)
+        else:
+            config.scheduler.step()

@@ -8,8 +8,13 @@ the model after the DataModule is built, never written in YAML.
 Defaults added here (each overridable from a config or the command line):
 
 - `checkpoint`: a ModelCheckpoint keeping the best `val/rmse` (mode min) and the last epoch, in the
-  run's log folder under `checkpoints/` (`--trainer.enable_checkpointing false` leaves it out);
+  run's log folder under `checkpoints/` (`--trainer.enable_checkpointing false` leaves it out); a
+  fit stopped mid-epoch leaves a `last.ckpt` that resumes at the next batch (`ResumableCheckpoint`);
 - `lr_monitor`: a LearningRateMonitor;
+- `preemption`: SIGUSR1 (SLURM's warning before preemption) checkpoints the run at the next batch
+  end into its checkpoint folder, requeues a SLURM job and stops; a SLURM run's log folder is
+  `version_slurm-<job id>`, and its requeued job resumes from that folder with no `--ckpt_path`;
+- checkpoints are written atomically (`training.checkpoint_io.AtomicCheckpointIO`);
 - `trainer.logger`: a TensorBoardLogger writing to `runs/<name>/version_<n>` (set the name with
   `--trainer.logger.init_args.name`), where the run's `config.yaml` is saved too;
 - `predictions`: `predict` writes user, item, rating and prediction to `predictions.parquet` in
@@ -25,12 +30,18 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_mf.data.datamodule import RatingsDataModule
 from lightning_mf.inference.prediction_writer import ParquetPredictionWriter
+from lightning_mf.training.checkpoint_io import AtomicCheckpointIO
 from lightning_mf.training.module import RatingPredictor
+from lightning_mf.training.preemption import PreemptionCheckpoint, checkpoint_folder, resume_checkpoint, slurm_job_id
+from lightning_mf.training.stop_checkpoint import ResumableCheckpoint
 
 DESCRIPTION = "Train and evaluate matrix factorization on a prepared dataset folder."
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -60,19 +71,55 @@ class MFLightningCLI(LightningCLI):
     """LightningCLI for `RatingPredictor` on a `RatingsDataModule`, with the defaults above."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ResumableCheckpoint, "checkpoint")
         parser.set_defaults({f"checkpoint.{key}": value for key, value in CHECKPOINT_DEFAULTS.items()})
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.add_lightning_class_args(PreemptionCheckpoint, "preemption")
         parser.add_lightning_class_args(ParquetPredictionWriter, "predictions")
         for name in LINKED_FROM_DATA:
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        # A SLURM job's run folder is named after the job, so its requeued run finds its checkpoints.
+        job = slurm_job_id()
+        config = self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+        logger = config.get("trainer", {}).get("logger") if job is not None else None
+        init_args = getattr(logger, "init_args", None)
+        if init_args is not None and "version" in init_args and init_args.version is None:
+            init_args.version = f"slurm-{job}"
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[pl.Callback]) -> pl.Trainer:
         # `--trainer.enable_checkpointing false` turns our default ModelCheckpoint off too, instead
         # of Lightning's error about a checkpoint callback on a trainer without checkpointing.
         if config.get("enable_checkpointing") is False:
             callbacks = [callback for callback in callbacks if not isinstance(callback, ModelCheckpoint)]
+        config["plugins"] = _with_default_plugins(config.get("plugins"))
         return super()._instantiate_trainer(config, callbacks)
+
+    def before_fit(self) -> None:
+        """A requeued SLURM job resumes from its run folder's newest checkpoint, with no --ckpt_path."""
+        arguments = self.config_init[self.subcommand]
+        if arguments.get("ckpt_path") is not None or slurm_job_id() is None or self.trainer.logger is None:
+            return
+        found = resume_checkpoint(checkpoint_folder(self.trainer))
+        if found is None:
+            return
+        rank_zero_info(f"SLURM job {slurm_job_id()} requeued: resuming from {found}")
+        arguments["ckpt_path"] = str(found)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, SaveConfigCallback):
+                callback.overwrite = True  # the same job's config, saved again into its own folder
+
+
+def _with_default_plugins(plugins: Any) -> list[Any]:
+    """The trainer's plugins plus ours where none of the kind is given: atomic checkpoint files and,
+    under SLURM, its cluster environment without Lightning's requeue handler (`preemption` does it)."""
+    given = [] if plugins is None else list(plugins) if isinstance(plugins, list | tuple) else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in given):
+        given.append(AtomicCheckpointIO())
+    if SLURMEnvironment.detect() and not any(isinstance(plugin, ClusterEnvironment) for plugin in given):
+        given.append(SLURMEnvironment(auto_requeue=False))
+    return given
 
 
 def _ignore_known_warnings() -> None:

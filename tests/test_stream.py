@@ -75,7 +75,8 @@ def test_every_rating_once_per_epoch_and_equal_batches(
     for epoch in (0, 1):
         seen = []
         for rank in range(world):
-            ds = TrainStream(path, batch, window, seed=3, rank=rank, world_size=world, drop_remainder=drop_remainder)
+            ds = TrainStream(path, batch, window, seed=3, rank=rank, world_size=world, drop_remainder=drop_remainder,
+                             num_workers=workers)
             ds.set_epoch(epoch)
             batches = [b for per_worker in run_rank(ds, workers, monkeypatch) for b in per_worker]
             assert len(ds) == expected == len(batches)
@@ -117,7 +118,9 @@ def test_order_changes_per_epoch_and_repeats_for_same_seed(tmp_path: Path, monke
     # Batch contents do not depend on the number of workers, only their interleaving does.
     first.set_epoch(2)
     single = {tuple(b.item.tolist()) for b in first}
-    split = {tuple(b.item.tolist()) for w in run_rank(first, 3, monkeypatch) for b in w}
+    three = TrainStream(path, 100, 512, seed=7, num_workers=3)
+    three.set_epoch(2)
+    split = {tuple(b.item.tolist()) for w in run_rank(three, 3, monkeypatch) for b in w}
     assert single == split
 
 

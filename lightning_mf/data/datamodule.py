@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,11 +13,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lightning_mf.data.batch import RatingBatch
-from lightning_mf.prepare.options import PrepareOptions
+from lightning_mf.data.loaders import StreamLoader, TrainLoader
 from lightning_mf.data.schema import ITEM, ITEMS_FILE, META_FILE, USER, USERS_FILE, DatasetMeta, split_file
-from lightning_mf.data.stream import EvalStream, TrainStream, unpack
+from lightning_mf.data.stream import EvalStream, TrainStream
 from lightning_mf.errors import DataError
+from lightning_mf.prepare.options import PrepareOptions
 
 MultiprocessingContext = Literal["spawn", "forkserver", "fork"]
 PREPARED_ROOT = Path("data/prepared")
@@ -60,32 +59,6 @@ def default_data_dir(prepare: PrepareOptions | None, root: Path = PREPARED_ROOT)
     else:
         label = Path(prepare.source).name.removesuffix(".zip") or "dataset"
     return root / f"{label}-{fingerprint_of(prepare)[:12]}"
-
-
-class StreamLoader(DataLoader):
-    """A DataLoader over one of our streams: batches as they are (`batch_size=None`).
-
-    Workers send several batches per message (`PackedBatches`); iterating splits them back, so
-    `len()` and the batches are the same with or without workers. For training, each iteration
-    first moves the stream to the current epoch: Lightning calls `set_epoch` only on samplers,
-    which an IterableDataset does not have. The epoch comes from `epoch_of` (the trainer's) or,
-    when that returns None, from the number of iterations so far; the stream keeps it in shared
-    memory, so persistent workers see it too.
-    """
-
-    def __init__(
-        self, dataset: TrainStream | EvalStream, epoch_of: Callable[[], int | None] | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(dataset, batch_size=None, **kwargs)
-        self._epoch_of = epoch_of
-        self._iterations = 0
-
-    def __iter__(self) -> Iterator[RatingBatch]:  # type: ignore[override]
-        if self._epoch_of is not None:
-            epoch = self._epoch_of()
-            self.dataset.set_epoch(self._iterations if epoch is None else epoch)  # type: ignore[union-attr]
-        self._iterations += 1
-        return unpack(super().__iter__())
 
 
 class RatingsDataModule(pl.LightningDataModule):
@@ -219,8 +192,44 @@ class RatingsDataModule(pl.LightningDataModule):
         trainer = self.trainer
         return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
 
-    def _trainer_epoch(self) -> int | None:
-        return None if self.trainer is None else self.trainer.current_epoch
+    def _training_position(self) -> tuple[int, int] | None:
+        """The trainer's epoch and the batches of it its loop has finished, which a resumed fit
+        continues after; None without a trainer."""
+        if self.trainer is None:
+            return None
+        loop = getattr(self.trainer, "fit_loop", None)
+        if loop is None:  # a stand-in trainer that only knows its epoch
+            return self.trainer.current_epoch, 0
+        # Lightning loads a resumed loader's state when it sets the loader up after restoring the
+        # checkpoint; whatever needs the loader's length before that (`estimated_stepping_batches`
+        # in configure_optimizers) sets it up too early, and the state is still pending: load it now.
+        loop._load_combined_loader_states()
+        return self.trainer.current_epoch, loop.epoch_loop.batch_progress.current.completed
+
+    def _trained_batches(self) -> int | None:
+        """Batches of the current epoch the trainer has trained, counted in the main process (the
+        fetcher and the workers have read further; a checkpoint written at a batch's end counts
+        it); None without a trainer."""
+        return None if self.trainer is None else self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint records of its dataset, so it is never resumed or scored on another."""
+        return {"data_dir": str(self.data_dir), "fingerprint": self.meta.fingerprint}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.check_trained_on(state_dict)
+
+    def check_trained_on(self, state_dict: dict[str, Any]) -> None:
+        """Refuses a checkpoint trained on another dataset folder (its `state_dict`): its indices would
+        mean other users and items. A checkpoint of an earlier version, without the record, passes."""
+        saved = state_dict.get("fingerprint")
+        if saved is not None and saved != self.meta.fingerprint:
+            raise DataError(
+                f"the checkpoint was trained on the dataset {state_dict.get('data_dir')} (fingerprint {saved[:12]}), "
+                f"but data.data_dir is {self.data_dir} (fingerprint {self.meta.fingerprint[:12]}): its user and item "
+                "indices would name other users and items. Give the dataset it was trained on "
+                "(--data.data_dir or the same data.prepare options), or train afresh without --ckpt_path."
+            )
 
     def _loader_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
@@ -232,9 +241,8 @@ class RatingsDataModule(pl.LightningDataModule):
         """This rank's training stream."""
         rank, world_size = self._rank_and_world()
         path = self.data_dir / split_file("train")
-        stream = TrainStream(
-            path, self.batch_size, self.shuffle_window, self.seed, rank, world_size, self.drop_remainder
-        )
+        stream = TrainStream(path, self.batch_size, self.shuffle_window, self.seed, rank, world_size,
+                             self.drop_remainder, self.num_workers)
         expected = self.meta.rows("train")
         if stream.num_rows != expected:
             raise DataError(
@@ -266,7 +274,8 @@ class RatingsDataModule(pl.LightningDataModule):
         return counts[0], counts[1]
 
     def train_dataloader(self) -> DataLoader:
-        return StreamLoader(self.train_stream(), self._trainer_epoch, **self._loader_options())
+        return TrainLoader(self.train_stream(), self._training_position, self._trained_batches,
+                           **self._loader_options())
 
     def val_dataloader(self) -> DataLoader:
         return StreamLoader(self.eval_stream("val"), **self._loader_options())

@@ -61,6 +61,7 @@ from lightning_mf.data.parquet_rows import (
     open_parquet,
     rebatch,
 )
+from lightning_mf.data.resume_plan import message_sizes, resume_plan
 from lightning_mf.data.sharding import batches_per_rank, current_worker, shard_bounds, worker_block
 from lightning_mf.data.transport import PackedBatches, for_transport, unpack
 from lightning_mf.errors import DataError
@@ -84,6 +85,8 @@ class TrainStream(IterableDataset):
         world_size: Number of DDP processes.
         drop_remainder: Skip the ratings that do not fill a whole batch instead of growing the
             last batch.
+        num_workers: The DataLoader workers that will read it (0: the main process), for which
+            the stream keeps a resume position (`set_position`).
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class TrainStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         drop_remainder: bool = False,
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
         self.path = Path(path)
@@ -110,16 +114,30 @@ class TrainStream(IterableDataset):
                 f"{self.path}: {self.num_rows} training ratings give no batch of {batch_size} on each of "
                 f"{world_size} rank(s); lower batch_size or the number of devices, or disable drop_remainder."
             )
-        # Shared memory, so persistent DataLoader workers see the epoch set in the main process.
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self.num_workers = num_workers
+        # Where the next iteration starts: [epoch, rotation, batches to skip of each logical
+        # worker's block] (`resume_plan`). Shared memory, so persistent DataLoader workers see
+        # what the main process sets.
+        self._position = torch.zeros(2 + max(1, num_workers), dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch whose order the next iteration yields."""
-        self._epoch[0] = epoch
+        """Selects the epoch whose order the next iteration yields, from its start."""
+        self.set_position(epoch, 0)
+
+    def set_position(self, epoch: int, trained: int) -> None:
+        """The next iteration yields epoch `epoch` after its first `trained` batches (as the main
+        process received them), in the order an uninterrupted iteration would have."""
+        rotation, skips = resume_plan(self.num_batches, self.num_workers, self.batch_size, trained)
+        self._position[:2] = torch.tensor([epoch, rotation])
+        self._position[2:] = torch.tensor(skips)
 
     @property
     def epoch(self) -> int:
-        return int(self._epoch[0])
+        return int(self._position[0])
+
+    def worker_batches(self) -> list[int]:
+        """How many batches of each logical worker's block the position skips (one entry without workers)."""
+        return self._position[2:].tolist()
 
     def __len__(self) -> int:
         return self.num_batches
@@ -133,14 +151,21 @@ class TrainStream(IterableDataset):
         return sizes
 
     def __iter__(self) -> Iterator[RatingBatch | PackedBatches]:
-        worker_id, num_workers = current_worker()
-        first, last = worker_block(self.num_batches, num_workers, worker_id)
-        if first == last:
+        physical, num_workers = current_worker()
+        if num_workers != max(1, self.num_workers):
+            raise RuntimeError(f"TrainStream was built for {self.num_workers} DataLoader workers, "
+                               f"read by {num_workers}: build it with num_workers={num_workers}")
+        epoch, rotation = (int(value) for value in self._position[:2])
+        worker = (physical + rotation) % num_workers
+        first, last = worker_block(self.num_batches, num_workers, worker)
+        skip = int(self._position[2 + worker])
+        if first + skip >= last:
             return iter(())
-        sizes = self.batch_sizes(first, last)
-        start = shard_bounds(self.num_rows, self.world_size, self.rank)[0] + first * self.batch_size
+        sizes = self.batch_sizes(first + skip, last)
+        start = shard_bounds(self.num_rows, self.world_size, self.rank)[0] + (first + skip) * self.batch_size
         stop = start + int(sizes.sum())
-        return for_transport(rebatch(self._chunks(self.epoch, start, stop), sizes.tolist()))
+        batches = rebatch(self._chunks(epoch, start, stop), sizes.tolist())
+        return for_transport(batches, message_sizes(last - first, skip, self.batch_size))
 
     def _chunks(self, epoch: int, start: int, stop: int) -> Iterator[Columns]:
         """The shuffled rows of epoch positions `[start, stop)`, one chunk per shuffle window.

@@ -6,7 +6,8 @@ a millisecond), so workers send about `PACK_ROWS` ratings at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 from typing import NamedTuple
 
 import torch
@@ -46,10 +47,20 @@ def unpack(items: Iterator[RatingBatch | PackedBatches]) -> Iterator[RatingBatch
             yield item
 
 
-def for_transport(batches: Iterator[RatingBatch]) -> Iterator[RatingBatch | PackedBatches]:
-    """Batches as they are in the main process; packed when this runs in a DataLoader worker."""
+def for_transport(batches: Iterator[RatingBatch],
+                  message_sizes: Iterable[int] | None = None) -> Iterator[RatingBatch | PackedBatches]:
+    """Batches as they are in the main process; packed when this runs in a DataLoader worker.
+
+    A message holds the given numbers of batches (training: fixed boundaries, so an interrupted
+    epoch resumes message by message, see `resume_plan`), or, unset, batches until it holds
+    `PACK_ROWS` ratings.
+    """
     if get_worker_info() is None:
         yield from batches
+        return
+    if message_sizes is not None:
+        for size in message_sizes:
+            yield _pack(list(islice(batches, size)))
         return
     group: list[RatingBatch] = []
     rows = 0

@@ -9,9 +9,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from lightning_mf.prepare import filters
-from lightning_mf.prepare.indexing import IdIndex, compact, index_ids
-from lightning_mf.prepare.options import PrepareOptions
 from lightning_mf.data.schema import (
     ITEM,
     ITEMS_FILE,
@@ -23,9 +20,12 @@ from lightning_mf.data.schema import (
     RatingScale,
     split_file,
 )
+from lightning_mf.errors import DataError
+from lightning_mf.prepare import filters
+from lightning_mf.prepare.indexing import IdIndex, compact, index_ids
+from lightning_mf.prepare.options import PrepareOptions
 from lightning_mf.prepare.split import Split, predefined_split, random_split, temporal_split
 from lightning_mf.prepare.writer import sort_for_eval, write_id_table, write_ratings
-from lightning_mf.errors import DataError
 
 if TYPE_CHECKING:
     from lightning_mf.prepare.readers import RawRatings

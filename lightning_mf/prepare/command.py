@@ -10,8 +10,8 @@ from pathlib import Path
 
 from jsonargparse import ArgumentParser, DefaultHelpFormatter
 
-from lightning_mf.prepare.options import PrepareOptions
 from lightning_mf.errors import DataError
+from lightning_mf.prepare.options import PrepareOptions
 
 DESCRIPTION = """\
 Turn a ratings source into a dataset folder for training: validated, ids mapped to contiguous
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         if config["export_csv"] is not None:
             _export_csv(options, Path(config["export_csv"]))
         if config["out"] is not None:
-            from lightning_mf.prepare.pipeline import describe, prepare_dataset
             from lightning_mf.data.schema import DatasetMeta
+            from lightning_mf.prepare.pipeline import describe, prepare_dataset
 
             out = prepare_dataset(options, config["out"], force=config["force"])
             print(f"dataset ready: {out}")

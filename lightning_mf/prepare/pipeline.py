@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from lightning_mf import __version__
-from lightning_mf.prepare.build import DatasetBuild
-from lightning_mf.prepare.options import PrepareOptions
 from lightning_mf.data.schema import FORMAT_VERSION, META_FILE, DatasetMeta
 from lightning_mf.errors import DataError
+from lightning_mf.prepare.build import DatasetBuild
+from lightning_mf.prepare.options import PrepareOptions
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from lightning_mf.data.schema import ITEM, ITEMS_FILE, RATING, TIMESTAMP, USER, USERS_FILE, DatasetMeta, split_file
+from lightning_mf.errors import DataError
 from lightning_mf.prepare.build import unseen_counts
 from lightning_mf.prepare.filters import FilterRecord
 from lightning_mf.prepare.options import PrepareOptions
-from lightning_mf.data.schema import ITEM, ITEMS_FILE, RATING, TIMESTAMP, USER, USERS_FILE, DatasetMeta, split_file
 from lightning_mf.prepare.split import check_fractions, parse_time
 from lightning_mf.prepare.synthetic import SyntheticSpec, generate_chunks, scale_of
 from lightning_mf.prepare.writer import RatingsWriter, ratings_table, sort_for_eval, write_id_table
-from lightning_mf.errors import DataError
 
 BUCKET_ROWS = 4_000_000
 CHUNK_ROWS = 2_000_000

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import sys
 
+
 def keep_freed_memory() -> bool:
     """Asks glibc to keep freed batch-sized buffers instead of handing them back to the OS.
 

@@ -112,6 +112,17 @@ class FusedRowAdagrad(Optimizer):
         super().__setstate__(state)
         self._reset_runtime()
 
+    def state_dict(self) -> dict[str, Any]:
+        # The batch size the kernels compile for: a run resumed on an epoch's short last batch
+        # must still compile for the full size.
+        return {**super().state_dict(), "compiled_batch_size": self._compiled_size}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        compiled_size = state_dict.pop("compiled_batch_size", None)
+        super().load_state_dict(state_dict)
+        self._compiled_size = compiled_size
+
     @staticmethod
     def check(model: MatrixFactorization, world_size: int = 1) -> None:
         """Raises if `model` (or the run) uses something the closed-form update does not cover."""

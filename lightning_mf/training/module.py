@@ -27,6 +27,7 @@ from lightning_mf.training.optimization import (
     with_schedule,
 )
 from lightning_mf.training.penalties import PenaltyRowWeights
+from lightning_mf.training.resume_state import load_state, resume, save_state
 from lightning_mf.training.train_metrics import SeenRows, WeightedMean
 
 
@@ -157,6 +158,7 @@ class RatingPredictor(LightningModule):
                                            top_k=ranking_top_k)
         self.train_loss = WeightedMean()  # the epoch's data MSE over all its ratings
         self.seen = SeenRows(num_users, num_items)  # this rank's trained rows since the last merge
+        self._resume_state: dict[str, Any] | None = None  # from a checkpoint, applied when training resumes
 
     def forward(self, user: Tensor, item: Tensor) -> Tensor:
         return self.model(user, item)
@@ -246,8 +248,7 @@ class RatingPredictor(LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(parameter_groups(self, self.model, self.implicit_lr_scale))
         scale_implicit_lr(optimizer, self.implicit_lr_scale)
-        world_size = self._trainer.world_size if self._trainer is not None else 1
-        check_optimizer(optimizer, self.model, world_size, self.penalty_weights.bias_power)
+        check_optimizer(optimizer, self.model, self._trainer, self.penalty_weights.bias_power)
         # FusedRowAdagrad updates the tables itself (in `_fused_step`): Lightning must not backprop.
         self.automatic_optimization = not isinstance(optimizer, FusedRowAdagrad)
         return with_schedule(optimizer, self._trainer, self.hparams.cosine_decay, self.lr_scheduler_factory,
@@ -291,8 +292,27 @@ class RatingPredictor(LightningModule):
         if self.train_loss.update_count:
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
         self._merge_seen()
-        if not self.automatic_optimization:
+        # As Lightning does under automatic optimization: an epoch cut short (a stop requested
+        # mid-epoch) does not advance epoch schedules, so its resumed run continues them exactly.
+        if not self.automatic_optimization and self.trainer.fit_loop.epoch_loop._num_ready_batches_reached():
             step_schedulers(self.trainer, "epoch")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_state(self, checkpoint, self.train_loss, self.seen)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Before the weights load (a table of another size would fail first, less clearly).
+        datamodule = getattr(self._trainer, "datamodule", None)
+        record = checkpoint.get(type(datamodule).__qualname__)
+        if record is not None and hasattr(datamodule, "check_trained_on"):
+            datamodule.check_trained_on(record)
+        self._resume_state = load_state(checkpoint)
+
+    def on_train_start(self) -> None:
+        # Not at the epoch start: Lightning does not call it for an epoch it resumes mid-way.
+        if self._resume_state is not None:
+            resume(self._resume_state, self, self.train_loss)
+            self._resume_state = None
 
     def on_validation_epoch_start(self) -> None:
         self._merge_seen()

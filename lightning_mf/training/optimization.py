@@ -58,9 +58,9 @@ def scale_implicit_lr(optimizer: Optimizer, implicit_lr_scale: float) -> None:
             group["lr"] = group["lr"] * implicit_lr_scale
 
 
-def check_optimizer(optimizer: Optimizer, model: MatrixFactorization, world_size: int,
+def check_optimizer(optimizer: Optimizer, model: MatrixFactorization, trainer: pl.Trainer | None,
                     l2_bias_count_power: float) -> None:
-    """Rejects an optimizer the model cannot train with, naming what to use instead."""
+    """Rejects an optimizer the model or the trainer's settings cannot train with, naming what to use instead."""
     if model.sparse and isinstance(optimizer, DENSE_ONLY):
         raise ValueError(
             f"RatingPredictor: sparse=True needs an optimizer that accepts sparse gradients, got "
@@ -69,12 +69,35 @@ def check_optimizer(optimizer: Optimizer, model: MatrixFactorization, world_size
             "torch.optim.SGD, or set sparse=False."
         )
     if isinstance(optimizer, FusedRowAdagrad):
-        FusedRowAdagrad.check(model, world_size)
+        FusedRowAdagrad.check(model, trainer.world_size if trainer is not None else 1)
         if l2_bias_count_power != 1.0:
             raise ValueError(
                 "RatingPredictor: FusedRowAdagrad supports l2, l2_bias and l2_count_power only; "
                 "set l2_bias_count_power=1 or use lightning_mf.training.optimizers.RowAdagrad"
             )
+        if trainer is not None:
+            check_trainer_for_fused(trainer)
+
+
+def check_trainer_for_fused(trainer: pl.Trainer) -> None:
+    """Trainer settings FusedRowAdagrad would silently ignore or break on: refused, with what to do instead.
+
+    Lightning only checks them against manual optimization before `configure_optimizers`, where
+    the fused path switches manual optimization on.
+    """
+    problems = []
+    if trainer.gradient_clip_val:
+        problems.append(f"trainer.gradient_clip_val={trainer.gradient_clip_val} (the update is applied in closed "
+                        "form and never clipped; lower the learning rate, or use RowAdagrad with sparse=True "
+                        "to clip gradients)")
+    if trainer.accumulate_grad_batches != 1:
+        problems.append(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} (every batch is one "
+                        "update; raise data.batch_size instead)")
+    if str(trainer.precision) in ("16-mixed", "16"):
+        problems.append(f"trainer.precision={trainer.precision} (float16 needs gradient scaling, which a "
+                        "closed-form update has no gradients for; use 32-true or bf16-mixed)")
+    if problems:
+        raise ValueError("FusedRowAdagrad cannot honour " + "; ".join(problems))
 
 
 def with_schedule(optimizer: Optimizer, trainer: pl.Trainer | None, cosine_decay: bool,

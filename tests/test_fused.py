@@ -308,3 +308,18 @@ def test_train_losses_are_logged_as_when_logging_every_step(tmp_path: Path) -> N
         assert [step for step, _ in actual[tag]] == [step for step, _ in expected[tag]], tag
         # Same fit either way, up to the order of float additions in torch's scatter kernels.
         np.testing.assert_allclose([v for _, v in actual[tag]], [v for _, v in expected[tag]], rtol=1e-4, err_msg=tag)
+
+
+def test_a_resumed_optimizer_compiles_for_the_batch_size_it_was_compiling_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resumed on an epoch's short last batch, the kernels are still those of the full batch size."""
+    made = plain_stages(monkeypatch)
+    model = module(l2_bias=0.2)
+    first = FusedRowAdagrad(model.parameters(), lr=0.1, compile=True)
+    first.update(model.model, *batch_of(64, 0), l2=model.l2, l2_bias=model.l2_bias)
+    state = first.state_dict()
+    assert state["compiled_batch_size"] == 64
+    resumed = FusedRowAdagrad(model.parameters(), lr=0.1, compile=True)
+    resumed.load_state_dict(state)
+    resumed.update(model.model, *batch_of(17, 1), l2=model.l2, l2_bias=model.l2_bias)  # eager: not the size
+    resumed.update(model.model, *batch_of(64, 2), l2=model.l2, l2_bias=model.l2_bias)  # compiled
+    assert made[-1].sizes == Counter({("update_table", 64): 2, ("update_bias", 64): 2})

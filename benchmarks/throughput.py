@@ -13,7 +13,7 @@ In one run, each in its own child process:
    Adagrad in closed form, `lightning_mf.training.fused.FusedRowAdagrad`, large batches) for one epoch, or
    `--steps`; a callback (`benchmarks/fit_timer.py`) times it from inside, start-up and the first
    batch left out;
-4. seed config: the experiment log's configuration (`configs/base.yaml` + `configs/full25m.yaml`:
+4. seed config: the experiment log's configuration (`configs/base.yaml` + `configs/log-ml25m-final.yaml`:
    batch 256, dense Adam with weight decay 1e-5, dim 128, dropout 0.05) for `--seed_steps` steps,
    its epoch extrapolated;
 5. Surprise: `surprise.SVD` with 128 factors on `--surprise_rows` training ratings over the full
@@ -46,7 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(__file__).resolve().parent
 FAST_CONFIG = REPO / "configs" / "throughput.yaml"
-SEED_CONFIGS = (REPO / "configs" / "base.yaml", REPO / "configs" / "full25m.yaml")
+SEED_CONFIGS = (REPO / "configs" / "base.yaml", REPO / "configs" / "log-ml25m-final.yaml")
 ML25M_USERS, ML25M_ITEMS = 162_541, 59_047
 SPLIT_FRACTION = 0.02  # val and test each: 96% of the ratings train
 DEFAULT_BATCH = {"cpu": 32_768, "cuda": 262_144}
@@ -187,7 +187,7 @@ def measure_fast(args: argparse.Namespace, data_dir: Path, env: dict[str, str], 
 def measure_seed(args: argparse.Namespace, data_dir: Path, env: dict[str, str], work: Path) -> dict[str, Any]:
     timer = work / "seed.json"
     command = fit_args(list(SEED_CONFIGS), data_dir, timer, work, args) + [
-        "--data.prepare", "null",  # full25m.yaml would fetch ml-25m otherwise
+        "--data.prepare", "null",  # the log's config would fetch ml-25m otherwise
         "--trainer.max_steps", str(args.seed_steps), "--trainer.limit_val_batches", "0",
     ]
     run_child(command, env, work, work / "seed.log")

@@ -80,9 +80,8 @@ def assert_matches_row_adagrad(kwargs: dict, decay: float, row_weights: bool, fu
         reference_opt.zero_grad()
         loss.backward()
         reference_opt.step()
-        weights = fused.penalty_weights.for_batch(batch.user, batch.item)
         mse = fused_opt.update(fused.model, *batch, l2=fused.l2, l2_bias=fused.l2_bias,
-                               reduction=fused.loss_reduction, **weights)
+                               reduction=fused.loss_reduction, row_weights=fused.penalty_weights)
         torch.testing.assert_close(mse, data_loss.detach())
         for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
             torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
@@ -131,7 +130,7 @@ def plain_stages(monkeypatch: pytest.MonkeyPatch) -> list[PlainStages]:
         made.append(PlainStages())
         return made[-1]
 
-    monkeypatch.setattr("lightning_mf.training.fused.CompiledStages", make)
+    monkeypatch.setattr("lightning_mf.training.fused_base.CompiledStages", make)
     return made
 
 
@@ -173,7 +172,7 @@ def test_compile_failure_warns_once_and_trains_on_eagerly(monkeypatch: pytest.Mo
 
         bias_table_update = factor_table_update
 
-    monkeypatch.setattr("lightning_mf.training.fused.CompiledStages", Failing)
+    monkeypatch.setattr("lightning_mf.training.fused_base.CompiledStages", Failing)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         assert_matches_row_adagrad({}, 0.01, True, dict(threads=2, compile=True))

@@ -6,17 +6,19 @@ How the optimizer is built, checked and scheduled is `optimization`'s job, the p
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.data.schema import RatingScale
-from lightning_mf.training.fused import FusedRowAdagrad
+from lightning_mf.training.fused_base import FusedRowOptimizer
 from lightning_mf.training.metrics import RankingMetrics
 from lightning_mf.training.model import InitKind, MatrixFactorization, OutputKind
 from lightning_mf.training.optimization import (
@@ -87,6 +89,10 @@ class RatingPredictor(LightningModule):
             the DataModule's `train_interactions()` at fit start.
         implicit_lr_scale: Learning rate of the implicit item factors y_j relative to the
             optimizer's (they sum over a user's whole item set and diverge at the full rate).
+        implicit_refreshes_per_epoch: On the fast path (`FusedSGD`, `FusedRowAdagrad`), how often
+            per epoch the lagged SVD++ term moves y and recomputes the user terms
+            (`lightning_mf.training.fused_implicit`); each refresh costs two sparse products over
+            the training set.
         ensemble_size: Train this many independent copies and predict their mean.
         optimizer: Builds the optimizer from the parameters; weight decay goes here.
         lr_scheduler: Builds an optional learning-rate scheduler from the optimizer.
@@ -120,6 +126,7 @@ class RatingPredictor(LightningModule):
         sparse: bool = False,
         implicit_feedback: bool = False,
         implicit_lr_scale: float = 1.0,
+        implicit_refreshes_per_epoch: int = 1,
         ensemble_size: int = 1,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -130,7 +137,7 @@ class RatingPredictor(LightningModule):
     ) -> None:
         super().__init__()
         _check_arguments(l2, l2_bias, l2_implicit, loss_reduction, implicit_lr_scale, cosine_decay, lr_scheduler,
-                         lr_scheduler_interval)
+                         lr_scheduler_interval, implicit_refreshes_per_epoch)
         self.save_hyperparameters()
         # Callables given in code (not the CLI's class_path dicts) would break a weights-only
         # checkpoint load, so they are not saved: `load_from_checkpoint` then builds the default
@@ -185,7 +192,7 @@ class RatingPredictor(LightningModule):
         if self.automatic_optimization:
             loss, data_loss = self.loss(batch)
         else:
-            loss, data_loss = None, self._fused_step(batch)
+            loss, data_loss = None, self._fused_step(batch, batch_idx)
         self.train_loss.update(data_loss, rating.shape[0])
         # Lightning writes step metrics only every `log_every_n_steps`; a `self.log` call on the
         # other steps costs as much (about 0.5 ms) and is thrown away. Without that predicate
@@ -195,20 +202,32 @@ class RatingPredictor(LightningModule):
             self.log("train/loss_step", data_loss.detach(), on_step=True, on_epoch=False, batch_size=rating.shape[0])
         return loss
 
-    def _fused_step(self, batch: RatingBatch) -> Tensor:
-        """One FusedRowAdagrad update (manual optimization); returns the batch's data MSE."""
+    def _fused_step(self, batch: RatingBatch, batch_idx: int) -> Tensor:
+        """One fused update (manual optimization); returns the batch's data MSE."""
         user, item, rating = batch
         optimizer = self.optimizers()
         result: list[Tensor] = []
 
         def update() -> None:
             result.append(optimizer.optimizer.update(
-                self.model, user, item, rating, l2=self.l2, l2_bias=self.l2_bias, reduction=self.loss_reduction,
-                **self.penalty_weights.for_batch(user, item)))
+                self.model, user, item, rating, l2=self.l2, l2_bias=self.l2_bias, l2_implicit=self.l2_implicit,
+                row_weights=self.penalty_weights, reduction=self.loss_reduction))
 
         optimizer.step(closure=update)
+        # Inside the step, before any callback can checkpoint this batch: a resumed fit then
+        # refreshes at the same batches as an uninterrupted one.
+        if self.model.implicit_factors is not None and self._refresh_due(batch_idx):
+            optimizer.optimizer.refresh_implicit(self.model)
         step_schedulers(self.trainer, "step")
         return result[0]
+
+    def _refresh_due(self, batch_idx: int) -> bool:
+        """Whether the lagged SVD++ term is refreshed after this batch: evenly over the epoch, and at its end."""
+        total = self.trainer.num_training_batches
+        if total == float("inf"):
+            return (batch_idx + 1) % 1000 == 0
+        interval = math.ceil(total / self.hparams.implicit_refreshes_per_epoch)
+        return batch_idx + 1 == total or (batch_idx + 1) % interval == 0
 
     def validation_step(self, batch: RatingBatch, batch_idx: int) -> None:
         user, item, rating = batch
@@ -248,11 +267,19 @@ class RatingPredictor(LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(parameter_groups(self, self.model, self.implicit_lr_scale))
         scale_implicit_lr(optimizer, self.implicit_lr_scale)
-        check_optimizer(optimizer, self.model, self._trainer, self.penalty_weights.bias_power)
-        # FusedRowAdagrad updates the tables itself (in `_fused_step`): Lightning must not backprop.
-        self.automatic_optimization = not isinstance(optimizer, FusedRowAdagrad)
+        check_optimizer(optimizer, self.model, self._trainer)
+        # The fused optimizers update the tables themselves (in `_fused_step`): Lightning must not backprop.
+        self.automatic_optimization = not isinstance(optimizer, FusedRowOptimizer)
         return with_schedule(optimizer, self._trainer, self.hparams.cosine_decay, self.lr_scheduler_factory,
                              self.hparams.lr_scheduler_interval, self.hparams.lr_scheduler_monitor)
+
+    def setup(self, stage: str) -> None:
+        # DDP re-broadcasts every buffer from rank 0 before each forward by default; ours are the
+        # same on every rank (the SVD++ item lists alone are 8 bytes a training rating), or merged
+        # explicitly (the seen-marks).
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, DDPStrategy):
+            strategy._ddp_kwargs.setdefault("broadcast_buffers", False)
 
     def on_fit_start(self) -> None:
         if not self.penalty_weights.ready:
@@ -323,7 +350,7 @@ class RatingPredictor(LightningModule):
 
 def _check_arguments(l2: float, l2_bias: float | None, l2_implicit: float | None, loss_reduction: str,
                      implicit_lr_scale: float, cosine_decay: bool, lr_scheduler: object,
-                     lr_scheduler_interval: str) -> None:
+                     lr_scheduler_interval: str, implicit_refreshes_per_epoch: int) -> None:
     """Rejects settings a user can get wrong, naming the argument and what was found."""
     if min(l2, l2 if l2_bias is None else l2_bias, l2 if l2_implicit is None else l2_implicit) < 0:
         raise ValueError(
@@ -333,6 +360,8 @@ def _check_arguments(l2: float, l2_bias: float | None, l2_implicit: float | None
         raise ValueError(f"RatingPredictor: loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
     if implicit_lr_scale <= 0:
         raise ValueError(f"RatingPredictor: implicit_lr_scale must be > 0, got {implicit_lr_scale}")
+    if implicit_refreshes_per_epoch < 1:
+        raise ValueError(f"RatingPredictor: implicit_refreshes_per_epoch must be >= 1, got {implicit_refreshes_per_epoch}")
     if cosine_decay and lr_scheduler is not None:
         raise ValueError("RatingPredictor: give either lr_scheduler or cosine_decay=True, not both")
     if lr_scheduler_interval not in ("epoch", "step"):

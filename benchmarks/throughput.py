@@ -156,7 +156,7 @@ def fit_args(configs: list[Path], data_dir: Path, timer: Path, work: Path, args:
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     callback = {"class_path": "fit_timer.FitTimer", "init_args": {"path": str(timer)}}
     return command + [
-        "--data.data_dir", str(data_dir),
+        "--data.data_dir", str(data_dir), "--data.prepare", "null",  # the configs' sources would be prepared otherwise
         "--trainer.accelerator", accelerator, "--trainer.devices", "1", "--trainer.precision", args.precision,
         "--trainer.callbacks", json.dumps([callback]),
         "--trainer.logger.init_args.save_dir", str(work / "runs"),
@@ -173,7 +173,8 @@ def measure_loader(args: argparse.Namespace, data_dir: Path, env: dict[str, str]
 
 def measure_fast(args: argparse.Namespace, data_dir: Path, env: dict[str, str], work: Path) -> dict[str, Any]:
     timer = work / "fast.json"
-    command = fit_args([FAST_CONFIG], data_dir, timer, work, args) + ["--data.batch_size", str(args.batch_size)]
+    command = fit_args([args.fast_config], data_dir, timer, work, args) + [
+        "--data.batch_size", str(args.batch_size), "--trainer.max_epochs", "1"]
     if args.steps:
         command += ["--trainer.max_steps", str(args.steps)]
     command += args.fit_overrides
@@ -187,7 +188,6 @@ def measure_fast(args: argparse.Namespace, data_dir: Path, env: dict[str, str], 
 def measure_seed(args: argparse.Namespace, data_dir: Path, env: dict[str, str], work: Path) -> dict[str, Any]:
     timer = work / "seed.json"
     command = fit_args(list(SEED_CONFIGS), data_dir, timer, work, args) + [
-        "--data.prepare", "null",  # the log's config would fetch ml-25m otherwise
         "--trainer.max_steps", str(args.seed_steps), "--trainer.limit_val_batches", "0",
     ]
     run_child(command, env, work, work / "seed.log")
@@ -235,6 +235,8 @@ def summarize(args: argparse.Namespace, meta: dict[str, Any], parts: dict[str, d
     return {
         "device": fast.get("device", args.device),
         "fit_overrides": args.fit_overrides,
+        "fast_config": str(args.fast_config.relative_to(REPO) if args.fast_config.is_relative_to(REPO)
+                           else args.fast_config),
         "precision": args.precision,
         "machine": machine(),
         "torch": fast.get("torch"),
@@ -296,8 +298,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         "| what | M ratings/s | epoch (s) | notes |",
         "|---|---:|---:|---|",
-        f"| lightning_mf fast path (fit, dim 128, "
-        f"{'configs/throughput.yaml with the overrides above' if r.get('fit_overrides') else 'FusedRowAdagrad'}, "
+        f"| lightning_mf fast path (fit, {r['fast_config']}"
+        f"{' with the overrides above' if r.get('fit_overrides') else ''}, {r['precision']}, "
         f"batch {r['batch_size']:,}) | "
         f"{fmt(r['lmf_ratings_per_s'], m, 3)} | {fmt(r['epoch_s'], 1, 1)} | {r['epoch_s_kind']}; "
         f"first step (compiling, if enabled) {fmt(r.get('warmup_s'), 1, 1)} s, in the epoch but not the rate; "
@@ -332,7 +334,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache_dir", type=Path, default=REPO / "data" / "benchmarks",
                         help="Where prepared datasets are kept and reused.")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true")
+    parser.add_argument("--precision", choices=("32-true", "bf16-true"), default="32-true",
+                        help="bf16-true: the fast path's tables in bfloat16, stochastically rounded (bf16-mixed "
+                             "changes nothing on it and is refused).")
+    parser.add_argument("--fast_config", type=Path, default=FAST_CONFIG,
+                        help="The fast path's config (default configs/throughput.yaml; configs/full25m.yaml is "
+                             "the recommended model, SVD++ term included); one epoch of it is timed.")
     parser.add_argument("--batch_size", type=int, default=None,
                         help=f"Fast-path batch size (default {DEFAULT_BATCH['cpu']:,} on CPU, "
                              f"{DEFAULT_BATCH['cuda']:,} on CUDA).")

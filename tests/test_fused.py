@@ -275,7 +275,7 @@ class EveryStepLogging(RatingPredictor):
 
     def training_step(self, batch: RatingBatch, batch_idx: int) -> None:
         self.seen.update(batch.user, batch.item)
-        mse = self._fused_step(batch)
+        mse = self._fused_step(batch, batch_idx)
         size = batch.rating.shape[0]
         self.log("train/loss", mse, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         self.log("train/loss_step", mse, on_step=True, on_epoch=False, batch_size=size)

@@ -54,21 +54,34 @@ class FusedRowOptimizer(Optimizer):
         self._first_step_done = False
         self.implicit = LaggedImplicitTerm()
         self.last_exchange: str | None = None  # how the last distributed step combined the ranks
+        self._rounding: torch.Generator | None = None
+        self._rounding_state: Tensor | None = None  # a loaded generator state, set on first use
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self._reset_runtime()
 
     def state_dict(self) -> dict[str, Any]:
-        # The batch size the kernels compile for: a run resumed on an epoch's short last batch
-        # must still compile for the full size.
-        return {**super().state_dict(), "compiled_batch_size": self._compiled_size}
+        # The batch size the kernels compile for (a run resumed on an epoch's short last batch
+        # must still compile for the full size) and the stochastic rounding's generator.
+        rounding = self._rounding.get_state() if self._rounding is not None else self._rounding_state
+        return {**super().state_dict(), "compiled_batch_size": self._compiled_size, "rounding_generator": rounding}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         compiled_size = state_dict.pop("compiled_batch_size", None)
+        rounding = state_dict.pop("rounding_generator", None)
         super().load_state_dict(state_dict)
-        self._compiled_size = compiled_size
+        self._compiled_size, self._rounding_state = compiled_size, rounding
+
+    def rounding_generator(self, device: torch.device) -> torch.Generator:
+        """The generator of bfloat16 tables' stochastic rounding: seeded alike on every rank, checkpointed."""
+        if self._rounding is None or self._rounding.device != device:
+            self._rounding = torch.Generator(device).manual_seed(self.defaults.get("rounding_seed", 0))
+            if self._rounding_state is not None:
+                self._rounding.set_state(self._rounding_state)
+                self._rounding_state = None
+        return self._rounding
 
     @classmethod
     def check(cls, model: MatrixFactorization) -> None:
@@ -167,6 +180,7 @@ class FusedRowOptimizer(Optimizer):
         users, items = model.user_factors.weight, model.item_factors.weight
         size, width = user.shape[0], users.shape[1]
         implicit = self.implicit.table(model) if model.implicit_factors is not None else None
+        like = torch.empty(0, dtype=torch.float32, device=users.device)  # float32 even for bfloat16 tables
         weights = row_weights.for_batch(user, item) if row_weights is not None else {}
         penalties = Penalties(
             self._penalty(users, loss_weight * l2, weights.get("user_weight")),
@@ -178,9 +192,9 @@ class FusedRowOptimizer(Optimizer):
         tag, rows = ("local" if rating is not None else "global"), 2 if implicit is None else 3
         return StepInputs(
             model, user, item, rating, loss_weight, penalties,
-            self._buffers.get(f"{tag}-rows", (rows, size, width), users),
-            self._buffers.get(f"{tag}-gram", (size, rows, rows), users),
-            self._buffers.get(f"{tag}-vectors", (len(VECTORS), size), users), implicit,
+            self._buffers.get(f"{tag}-rows", (rows, size, width), like),
+            self._buffers.get(f"{tag}-gram", (size, rows, rows), like),
+            self._buffers.get(f"{tag}-vectors", (len(VECTORS), size), like), implicit,
         )
 
     def _penalty(self, table: Tensor, per_rating: float, weight: Tensor | None = None) -> Tensor | float:
@@ -205,7 +219,7 @@ class FusedRowOptimizer(Optimizer):
         state = self.state[param]
         if "sum" not in state:
             state["sum"] = torch.full(param.shape[:1], self.group_of(param)["initial_accumulator_value"],
-                                      dtype=param.dtype, device=param.device)
+                                      dtype=torch.float32, device=param.device)
         return state["sum"]
 
     def implicit_gradient(self, model: MatrixFactorization) -> Tensor:
@@ -213,8 +227,7 @@ class FusedRowOptimizer(Optimizer):
         state = self.state[model.implicit_factors.weight]
         if GRADIENT_KEY not in state:
             state[GRADIENT_KEY] = torch.zeros(model.num_users, model.implicit_factors.weight.shape[1],
-                                              dtype=model.implicit_factors.weight.dtype,
-                                              device=model.implicit_factors.weight.device)
+                                              dtype=torch.float32, device=model.implicit_factors.weight.device)
         return state[GRADIENT_KEY]
 
     @torch.no_grad()
@@ -229,7 +242,7 @@ class FusedRowOptimizer(Optimizer):
             if group["weight_decay"]:
                 gradient.add_(y, alpha=group["weight_decay"])
             apply_dense(self.rule, y, self.accumulator(y), gradient, gradient.square().mean(1), group["lr"],
-                        group.get("eps", 0.0))
+                        group.get("eps", 0.0), self.rounding_generator(y.device))
 
         self.implicit.refresh(model, self.implicit_gradient(model), step_y)
 

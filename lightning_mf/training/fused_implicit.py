@@ -36,7 +36,7 @@ class LaggedImplicitTerm:
     def table(self, model: MatrixFactorization) -> Tensor:
         """Z for every user, `(num_users, width)`, formed from y the first time after a change."""
         if self._table is None or self._table.device != model.implicit_factors.weight.device:
-            self._table = torch.sparse.mm(model.implicit_matrix(), model.implicit_factors.weight.detach())
+            self._table = torch.sparse.mm(model.implicit_matrix(), model.implicit_factors.weight.detach().float())
         return self._table
 
     def forget(self) -> None:

@@ -25,8 +25,11 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from lightning_mf.training.low_precision import gather_rows
 from lightning_mf.training.model import MatrixFactorization
 from lightning_mf.training.row_adagrad import row_adagrad_step
+
+AddRows = Callable[[Tensor, Tensor, Tensor], None]
 
 Rule = Literal["adagrad", "sgd", "collect"]  # collect: sum into dense buffers (DDP, `fused_tables`)
 # Per-rating vectors of a step, in the rows of `StepInputs.vectors`. `g` is the derivative of the
@@ -75,10 +78,10 @@ def forward_part(step: StepInputs, part: slice) -> None:
     also their errors, `g` and `d`; then the derivative products the updates need."""
     model, user, item = step.model, step.user[part], step.item[part]
     rows = step.rows[:, part]
-    torch.index_select(model.user_factors.weight, 0, user, out=rows[P])
-    torch.index_select(model.item_factors.weight, 0, item, out=rows[Q])
+    gather_rows(model.user_factors.weight, user, rows[P])
+    gather_rows(model.item_factors.weight, item, rows[Q])
     if step.implicit_table is not None:
-        torch.index_select(step.implicit_table, 0, user, out=rows[Z])
+        gather_rows(step.implicit_table, user, rows[Z])
     gram = step.gram[part]
     if rows.device.type == "cpu":
         # The rows side by side ((B, R, D), a strided view of the blocks) make all their dot
@@ -93,8 +96,8 @@ def forward_part(step: StepInputs, part: slice) -> None:
     vectors = step.vectors[:, part]
     user_bias, item_bias, error, g, d = (vectors[VECTORS.index(name)] for name in VECTORS[:5])
     if model.user_bias is not None and model.item_bias is not None:
-        torch.index_select(model.user_bias.weight.view(-1), 0, user, out=user_bias)
-        torch.index_select(model.item_bias.weight.view(-1), 0, item, out=item_bias)
+        gather_rows(model.user_bias.weight.view(-1), user, user_bias)
+        gather_rows(model.item_bias.weight.view(-1), item, item_bias)
     if step.rating is not None:
         _errors(step, gram, user_bias, item_bias, step.rating[part], error, g)
         torch.mul(g, step.loss_weight, out=d)
@@ -142,18 +145,22 @@ def gradient_mean_square(d_square: Tensor, other_sq: Tensor, d_dot: Tensor | Non
 
 
 def _apply(rule: Rule, table: Tensor, accumulator: Tensor | None, rows: Tensor, mean_square: Callable[[], Tensor],
-           scaled_update: Callable[[Tensor | float], Tensor], lr: float | Tensor, eps: float) -> None:
+           scaled_update: Callable[[Tensor | float], Tensor], lr: float | Tensor, eps: float,
+           add_rows: AddRows | None = None) -> None:
     """One table's step by the optimizer's rule; SGD needs no mean squares and no accumulator. With
     `collect`, `table` and `accumulator` are dense buffers the ratings' gradients and mean squares
     are summed into instead."""
     if rule == "sgd":
-        table.index_add_(0, rows, scaled_update(-lr))
+        if add_rows is None:
+            table.index_add_(0, rows, scaled_update(-lr))
+        else:
+            add_rows(table, rows, scaled_update(-lr))
     elif rule == "collect":
         table.index_add_(0, rows, scaled_update(1.0))
         if accumulator is not None:
             accumulator.index_add_(0, rows, mean_square())
     else:
-        row_adagrad_step(table, accumulator, rows, mean_square(), scaled_update, lr, eps)
+        row_adagrad_step(table, accumulator, rows, mean_square(), scaled_update, lr, eps, add_rows)
 
 
 def factor_table_update(
@@ -172,12 +179,14 @@ def factor_table_update(
     eps: float,
     rule: Rule = "adagrad",
     out: Tensor | None = None,
+    add_rows: AddRows | None = None,
 ) -> None:
     """A factor table's step: each rating's row `own` moves along `d * other + c * own`.
 
     `c` is None without a penalty (`d_dot` is then unused). `out`, a `(B, D)` buffer, holds the
     update when given (eagerly: no allocation per step); without it the update is an expression,
-    which the compiled kernel fuses into its scatter.
+    which the compiled kernel fuses into its scatter. `add_rows` writes a low-precision table
+    (`low_precision.add_rows`).
     """
 
     def scaled_update(factor: Tensor | float) -> Tensor:
@@ -193,14 +202,15 @@ def factor_table_update(
     def mean_square() -> Tensor:
         return gradient_mean_square(d_square, other_sq, d_dot, c, own_sq, table.shape[1])
 
-    _apply(rule, table, accumulator, rows, mean_square, scaled_update, lr, eps)
+    _apply(rule, table, accumulator, rows, mean_square, scaled_update, lr, eps, add_rows)
 
 
 def bias_table_update(table: Tensor, accumulator: Tensor | None, rows: Tensor, looked_up: Tensor, d: Tensor,
-                      c: Tensor | float | None, lr: float | Tensor, eps: float, rule: Rule = "adagrad") -> None:
+                      c: Tensor | float | None, lr: float | Tensor, eps: float, rule: Rule = "adagrad",
+                      add_rows: AddRows | None = None) -> None:
     """A 1-D bias table's step: gradient `d + c * b` per rating."""
     grad = d if c is None else d + c * looked_up
-    _apply(rule, table, accumulator, rows, lambda: grad * grad, lambda factor: factor * grad, lr, eps)
+    _apply(rule, table, accumulator, rows, lambda: grad * grad, lambda factor: factor * grad, lr, eps, add_rows)
 
 
 def _per_rating(value: Tensor | float) -> Tensor | float:

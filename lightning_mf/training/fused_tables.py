@@ -29,6 +29,7 @@ from lightning_mf.training.fused_step import (
     factor_table_update,
     is_nonzero,
 )
+from lightning_mf.training.low_precision import add_all, add_rows, is_low_precision
 from lightning_mf.training.row_adagrad import row_adagrad_step
 
 if TYPE_CHECKING:
@@ -36,14 +37,15 @@ if TYPE_CHECKING:
 
 
 def apply_dense(rule: Rule, table: Tensor, accumulator: Tensor | None, gradient: Tensor, mean_square: Tensor | None,
-                lr: float, eps: float) -> None:
+                lr: float, eps: float, generator: torch.Generator | None = None) -> None:
     """Moves every row of `table` by its summed gradient (rows without ratings have zeros and stay)."""
     if rule == "sgd":
-        table.add_(gradient, alpha=-lr)
+        add_all(table, -lr * gradient, generator)
         return
     rows = torch.arange(table.shape[0], device=table.device)
     scaled = (lambda factor: factor.unsqueeze(1) * gradient) if gradient.dim() == 2 else (lambda factor: factor * gradient)
-    row_adagrad_step(table, accumulator, rows, mean_square, scaled, lr, eps)
+    whole = None if not is_low_precision(table) else (lambda target, _, updates: add_all(target, updates, generator))
+    row_adagrad_step(table, accumulator, rows, mean_square, scaled, lr, eps, whole)
 
 
 class TableUpdates:
@@ -106,6 +108,10 @@ class TableUpdates:
             return
         args = (table.detach(), optimizer.accumulator(table), rows, own, other, step.vector("d"), c_or_none,
                 step.vector("d_square"), d_dot_or_none, other_sq, own_sq)
+        if is_low_precision(table):
+            factor_table_update(*args, group["lr"], group.get("eps", 0.0), optimizer.rule,
+                                out=out if out is not None else torch.empty_like(other), add_rows=self._rounded(table))
+            return
         if self.compiled is not None and optimizer.run_compiled(partial(
                 self.compiled.factor_table_update, *args, torch.as_tensor(group["lr"], dtype=table.dtype),
                 group.get("eps", 0.0), optimizer.rule)):
@@ -126,11 +132,17 @@ class TableUpdates:
         # 1-D: index_add_ is 2-3x faster than on (N, 1).
         args = (table.detach().view(-1), optimizer.accumulator(table), rows, looked_up, self.step.vector("d"),
                 c_or_none)
+        if is_low_precision(table):
+            bias_table_update(*args, group["lr"], group.get("eps", 0.0), optimizer.rule, self._rounded(table))
+            return
         if self.compiled is not None and optimizer.run_compiled(partial(
                 self.compiled.bias_table_update, *args, torch.as_tensor(group["lr"], dtype=table.dtype),
                 group.get("eps", 0.0), optimizer.rule)):
             return
         bias_table_update(*args, group["lr"], group.get("eps", 0.0), optimizer.rule)
+
+    def _rounded(self, table: Tensor):  # noqa: ANN202 - a partial of low_precision.add_rows
+        return partial(add_rows, generator=self.optimizer.rounding_generator(table.device))
 
     def _dense_buffers(self, model) -> dict[object, tuple[Tensor, Tensor | None]]:
         """Zeroed (gradient, mean square) views of one flat buffer, for each table (and G of SVD++)."""
@@ -163,6 +175,6 @@ class TableUpdates:
             group = optimizer.group_of(table)
             view = table.detach().view(-1) if is_bias else table.detach()
             apply_dense(optimizer.rule, view, optimizer.accumulator(table), gradient, mean_square, group["lr"],
-                        group.get("eps", 0.0))
+                        group.get("eps", 0.0), optimizer.rounding_generator(table.device))
         if self.implicit:
             optimizer.implicit_gradient(model).add_(self.collected["implicit"][0])

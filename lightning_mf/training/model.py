@@ -184,7 +184,7 @@ class MatrixFactorization(nn.Module):
         materialising the (pairs x width) rows (five times faster on CPU than gather + index_add).
         """
         uniq, inverse = torch.unique(user.long(), return_inverse=True)
-        return torch.sparse.mm(self.implicit_matrix(uniq), self.implicit_factors.weight)[inverse]
+        return torch.sparse.mm(self.implicit_matrix(uniq), _float32(self.implicit_factors.weight))[inverse]
 
     def implicit_matrix(self, users: Tensor | None = None) -> Tensor:
         """The normalised sparse CSR matrix of N: row u holds `|N(u)|^-1/2` at each of u's items.
@@ -203,11 +203,11 @@ class MatrixFactorization(nn.Module):
             position = torch.repeat_interleave(start - row_start[:-1], length)
             position += torch.arange(position.numel(), device=position.device)
             columns = self.implicit_items[position]
-        dtype = self.implicit_factors.weight.dtype
-        norm = torch.repeat_interleave(length.clamp(min=1).to(dtype).rsqrt(), length)
+        norm = torch.repeat_interleave(length.clamp(min=1).to(torch.float32).rsqrt(), length)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            return torch.sparse_csr_tensor(row_start, columns, norm, size=(length.numel(), self.num_items))
+            return torch.sparse_csr_tensor(row_start, columns, norm, size=(length.numel(), self.num_items),
+                                           check_invariants=False)
 
     def members(
         self,
@@ -227,8 +227,10 @@ class MatrixFactorization(nn.Module):
         `user_bias_weight` / `item_bias_weight` its `b_u^2` / `b_i^2`.
         """
         shape = (-1, self.ensemble_size, self.embedding_dim)
-        p = self.user_factors(user).view(shape)
-        q = self.item_factors(item).view(shape)
+        # Tables stored in bfloat16 (`bf16-true`) are scored in float32: a dot product of 128
+        # bfloat16 terms would keep 8 bits of its sum.
+        p = _float32(self.user_factors(user)).view(shape)
+        q = _float32(self.item_factors(item)).view(shape)
         implicit_sq = None
         if self.implicit_factors is not None:
             term = self._implicit_term(user).view(shape)
@@ -282,3 +284,8 @@ class MatrixFactorization(nn.Module):
         if clip if clip is not None else not self.training:
             prediction = prediction.clamp(self.rating_min, self.rating_max)
         return prediction
+
+
+def _float32(values: Tensor) -> Tensor:
+    """Low-precision values as float32 (differentiably); float32 and float64 as they are."""
+    return values.float() if values.dtype in (torch.bfloat16, torch.float16) else values

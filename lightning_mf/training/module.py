@@ -12,15 +12,16 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.data.schema import RatingScale
+from lightning_mf.training.data_hookups import attach_training_data, check_checkpoint_dataset, quiet_ddp_buffers
 from lightning_mf.training.fused_base import FusedRowOptimizer
 from lightning_mf.training.metrics import RankingMetrics
 from lightning_mf.training.model import InitKind, MatrixFactorization, OutputKind
+from lightning_mf.training.module_checks import check_predictor_arguments
 from lightning_mf.training.optimization import (
     check_optimizer,
     parameter_groups,
@@ -136,7 +137,7 @@ class RatingPredictor(LightningModule):
         ranking_top_k: int = 10,
     ) -> None:
         super().__init__()
-        _check_arguments(l2, l2_bias, l2_implicit, loss_reduction, implicit_lr_scale, cosine_decay, lr_scheduler,
+        check_predictor_arguments(l2, l2_bias, l2_implicit, loss_reduction, implicit_lr_scale, cosine_decay, lr_scheduler,
                          lr_scheduler_interval, implicit_refreshes_per_epoch)
         self.save_hyperparameters()
         # Callables given in code (not the CLI's class_path dicts) would break a weights-only
@@ -274,31 +275,10 @@ class RatingPredictor(LightningModule):
                              self.hparams.lr_scheduler_interval, self.hparams.lr_scheduler_monitor)
 
     def setup(self, stage: str) -> None:
-        # DDP re-broadcasts every buffer from rank 0 before each forward by default; ours are the
-        # same on every rank (the SVD++ item lists alone are 8 bytes a training rating), or merged
-        # explicitly (the seen-marks).
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        if isinstance(strategy, DDPStrategy):
-            strategy._ddp_kwargs.setdefault("broadcast_buffers", False)
+        quiet_ddp_buffers(self._trainer)
 
     def on_fit_start(self) -> None:
-        if not self.penalty_weights.ready:
-            self.set_train_counts(*self._from_datamodule(
-                "train_counts", "(user_counts, item_counts)", "l2_count_power or l2_bias_count_power != 1 needs "
-                "each row's number of training ratings", "or call set_train_counts()"))
-        model = self.model
-        if model.implicit_factors is not None and model.implicit_items.numel() == 0:
-            model.set_implicit_feedback(*self._from_datamodule(
-                "train_interactions", "(user, item)", "implicit_feedback=True needs each user's training items",
-                "or call module.model.set_implicit_feedback(user, item) before fit"))
-
-    def _from_datamodule(self, method: str, returns: str, need: str, otherwise: str) -> tuple[Tensor, Tensor]:
-        """What the DataModule's `method()` returns, or an error saying what needs it and how else to give it."""
-        source = getattr(self.trainer.datamodule, method, None)
-        if source is None:
-            raise ValueError(f"RatingPredictor: {need}. Fit with a DataModule that has {method}() -> {returns}, "
-                             f"{otherwise}.")
-        return source()
+        attach_training_data(self)
 
     def set_train_counts(self, user_counts: Tensor, item_counts: Tensor) -> None:
         """Per-row training counts n, which weight the penalties by n^(power - 1)."""
@@ -329,10 +309,7 @@ class RatingPredictor(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Before the weights load (a table of another size would fail first, less clearly).
-        datamodule = getattr(self._trainer, "datamodule", None)
-        record = checkpoint.get(type(datamodule).__qualname__)
-        if record is not None and hasattr(datamodule, "check_trained_on"):
-            datamodule.check_trained_on(record)
+        check_checkpoint_dataset(self._trainer, checkpoint)
         self._resume_state = load_state(checkpoint)
 
     def on_train_start(self) -> None:
@@ -346,24 +323,3 @@ class RatingPredictor(LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._merge_seen()
-
-
-def _check_arguments(l2: float, l2_bias: float | None, l2_implicit: float | None, loss_reduction: str,
-                     implicit_lr_scale: float, cosine_decay: bool, lr_scheduler: object,
-                     lr_scheduler_interval: str, implicit_refreshes_per_epoch: int) -> None:
-    """Rejects settings a user can get wrong, naming the argument and what was found."""
-    if min(l2, l2 if l2_bias is None else l2_bias, l2 if l2_implicit is None else l2_implicit) < 0:
-        raise ValueError(
-            f"RatingPredictor: l2, l2_bias and l2_implicit must be >= 0, got {l2}, {l2_bias} and {l2_implicit}"
-        )
-    if loss_reduction not in ("mean", "sum"):
-        raise ValueError(f"RatingPredictor: loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
-    if implicit_lr_scale <= 0:
-        raise ValueError(f"RatingPredictor: implicit_lr_scale must be > 0, got {implicit_lr_scale}")
-    if implicit_refreshes_per_epoch < 1:
-        raise ValueError(f"RatingPredictor: implicit_refreshes_per_epoch must be >= 1, got {implicit_refreshes_per_epoch}")
-    if cosine_decay and lr_scheduler is not None:
-        raise ValueError("RatingPredictor: give either lr_scheduler or cosine_decay=True, not both")
-    if lr_scheduler_interval not in ("epoch", "step"):
-        raise ValueError(f"RatingPredictor: lr_scheduler_interval must be 'epoch' or 'step', "
-                         f"got {lr_scheduler_interval!r}")

@@ -105,9 +105,17 @@ def check_trainer_for_fused(trainer: pl.Trainer) -> None:
     if trainer.accumulate_grad_batches != 1:
         problems.append(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} (every batch is one "
                         "update; raise data.batch_size instead)")
-    if str(trainer.precision) in ("16-mixed", "16"):
-        problems.append(f"trainer.precision={trainer.precision} (float16 needs gradient scaling, which a "
-                        "closed-form update has no gradients for; use 32-true or bf16-mixed)")
+    precision = str(trainer.precision)
+    if precision in ("16-mixed", "16"):
+        problems.append(f"trainer.precision={precision} (float16 needs gradient scaling, which a closed-form "
+                        "update has no gradients for; use 32-true, or bf16-true for bfloat16 tables)")
+    elif precision in ("bf16-mixed", "bf16"):
+        problems.append(f"trainer.precision={precision} (mixed precision autocasts matrix products, and the fused "
+                        "step has none: it would change nothing; use bf16-true, which stores the tables in "
+                        "bfloat16 with float32 accumulators and stochastic rounding, or 32-true)")
+    elif precision not in ("32-true", "32", "bf16-true"):
+        problems.append(f"trainer.precision={precision} (the fused step runs in float32, on float32 or bfloat16 "
+                        "tables: use 32-true or bf16-true)")
     if problems:
         raise ValueError("The fused optimizers (FusedRowAdagrad, FusedSGD) cannot honour " + "; ".join(problems))
 

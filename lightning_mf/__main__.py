@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from lightning_mf.errors import DataError
+from lightning_mf.errors import DataError, TrainingDiverged
 
 PROG = "python -m lightning_mf"
 
@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

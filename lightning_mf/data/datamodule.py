@@ -23,6 +23,7 @@ MultiprocessingContext = Literal["spawn", "forkserver", "fork"]
 PREPARED_ROOT = Path("data/prepared")
 # `batch_size: auto`: the fast path's best batch per device (benchmarks/README.md).
 AUTO_BATCH_SIZE = {"cpu": 32_768, "cuda": 262_144}
+AUTO_STEPS_PER_EPOCH = 50  # `auto` never makes an epoch shorter than about this many steps
 
 
 def is_global_zero_from_env() -> bool:
@@ -86,7 +87,8 @@ class RatingsDataModule(pl.LightningDataModule):
             of W ranks takes `batch_size // W`), so a recipe trains alike on any number of devices.
             The last batch of each epoch also takes the remainder (up to one rating more per rank)
             unless `drop_remainder` is set. `auto`: 32,768 on a CPU, 262,144 on a GPU (the fast
-            path's best; see benchmarks/README.md).
+            path's best; see benchmarks/README.md), but at most a fiftieth of the training ratings
+            (a power of two, at least 1,024), so that an epoch takes about 50 steps or more.
         eval_batch_size: Target ratings per validation / test / predict batch; batches end on user
             boundaries, so sizes vary by about one user's ratings.
         shuffle_window: Training rows shuffled together each epoch (about 20 bytes per row; about
@@ -266,7 +268,8 @@ class RatingsDataModule(pl.LightningDataModule):
         if self.batch_size != "auto":
             return self.batch_size
         device = self.trainer.strategy.root_device.type if self.trainer is not None else "cpu"
-        return AUTO_BATCH_SIZE["cuda" if device == "cuda" else "cpu"]
+        by_data = 1 << max(10, (self.meta.rows("train") // AUTO_STEPS_PER_EPOCH).bit_length() - 1)
+        return min(AUTO_BATCH_SIZE["cuda" if device == "cuda" else "cpu"], by_data)
 
     def rank_batch_size(self) -> int:
         """This rank's share of the global batch."""

@@ -24,6 +24,7 @@ from lightning_mf.training.fused_implicit import GRADIENT_KEY, LaggedImplicitTer
 from lightning_mf.training.fused_kernels import CompiledStages
 from lightning_mf.training.fused_step import VECTORS, Penalties, Rule, StepInputs, forward_part
 from lightning_mf.training.fused_tables import TableUpdates, apply_dense
+from lightning_mf.training.huge_pages import empty_on_huge_pages, move_to_huge_pages
 from lightning_mf.training.model import MatrixFactorization
 from lightning_mf.training.penalties import PenaltyRowWeights
 
@@ -154,7 +155,8 @@ class FusedRowOptimizer(Optimizer):
             # Under the ratings exchange, the local forward only finds each rating's g (n = 1).
             local = self._inputs(model, user, item, rating, 1.0 if exchange == "ratings" else loss_weight,
                                  *penalties)
-            self._thread.split_batch(threaded, user.shape[0], partial(forward_part, local))
+            gather = self._compiled_gather(compiled, model)
+            self._thread.split_batch(threaded, user.shape[0], partial(forward_part, local, compiled_gather=gather))
             error = local.vector("error")
             mse = torch.dot(error, error) / user.shape[0]
             if exchange == "ratings":
@@ -226,8 +228,10 @@ class FusedRowOptimizer(Optimizer):
         """G, the SVD++ user terms' gradient since the last refresh (optimizer state: it is checkpointed)."""
         state = self.state[model.implicit_factors.weight]
         if GRADIENT_KEY not in state:
-            state[GRADIENT_KEY] = torch.zeros(model.num_users, model.implicit_factors.weight.shape[1],
-                                              dtype=torch.float32, device=model.implicit_factors.weight.device)
+            shape, device = (model.num_users, model.implicit_factors.weight.shape[1]), model.implicit_factors.weight.device
+            gradient = (empty_on_huge_pages(shape, torch.float32) if device.type == "cpu"
+                        else torch.empty(shape, dtype=torch.float32, device=device))
+            state[GRADIENT_KEY] = gradient.zero_()
         return state[GRADIENT_KEY]
 
     @torch.no_grad()
@@ -249,8 +253,12 @@ class FusedRowOptimizer(Optimizer):
     def _before_first_step(self, device: torch.device) -> None:
         if not self._first_step_done:
             self._first_step_done = True
-            if self.defaults["keep_freed_memory"] and device.type == "cpu":
+            if device.type == "cpu" and self.defaults["keep_freed_memory"]:
                 _keep_freed_memory()
+            if device.type == "cpu" and self.defaults.get("huge_pages", True):
+                for group in self.param_groups:
+                    for param in group["params"]:
+                        move_to_huge_pages(param)
 
     def _compiled_stages(self, device: torch.device, size: int) -> CompiledStages | None:
         """The compiled table updates for a step of `size` ratings, or None where the step runs eagerly."""
@@ -264,6 +272,18 @@ class FusedRowOptimizer(Optimizer):
         if self._compiled is None:
             self._compiled = CompiledStages()
         return self._compiled
+
+    def _compiled_gather(self, compiled: CompiledStages | None,
+                         model: MatrixFactorization) -> Callable[..., bool] | None:
+        """The compiled forward gather, wrapped to report a failed compile; None where eager
+        (no kernels for this batch, or bfloat16 tables)."""
+        if compiled is None or model.user_factors.weight.dtype != torch.float32:
+            return None
+
+        def gather(*args: Any) -> bool:
+            return self.run_compiled(partial(compiled.gather_with_products, *args))
+
+        return gather
 
     def run_compiled(self, call: Callable[[], None]) -> bool:
         """Runs a compiled update; False (after one warning) where compiling failed, so the caller

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from lightning_mf.training.huge_pages import empty_on_huge_pages
 from lightning_mf.training.model import MatrixFactorization
 
 GRADIENT_KEY = "implicit_grad"  # the optimizer state of y that holds G
@@ -36,7 +37,10 @@ class LaggedImplicitTerm:
     def table(self, model: MatrixFactorization) -> Tensor:
         """Z for every user, `(num_users, width)`, formed from y the first time after a change."""
         if self._table is None or self._table.device != model.implicit_factors.weight.device:
-            self._table = torch.sparse.mm(model.implicit_matrix(), model.implicit_factors.weight.detach().float())
+            table = torch.sparse.mm(model.implicit_matrix(), model.implicit_factors.weight.detach().float())
+            if table.device.type == "cpu":  # gathered at random every step: see `huge_pages`
+                table = empty_on_huge_pages(tuple(table.shape), table.dtype).copy_(table)
+            self._table = table
         return self._table
 
     def forget(self) -> None:

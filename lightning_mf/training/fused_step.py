@@ -72,27 +72,33 @@ class StepInputs(NamedTuple):
         return self.vectors[VECTORS.index(name)]
 
 
+def gather_with_products(users: Tensor, items: Tensor, user: Tensor, item: Tensor, rows: Tensor, gram: Tensor,
+                         implicit: Tensor | None = None) -> None:
+    """The ratings' rows into `rows` and their dot products into `gram`, in one pass over the rows
+    (the form `fused_kernels` compiles into a single loop)."""
+    gathered = [users[user], items[item]] + ([] if implicit is None else [implicit[user]])
+    for a, first in enumerate(gathered):
+        rows[a].copy_(first)
+        for b in range(a, len(gathered)):
+            product = (first * gathered[b]).sum(1)
+            gram[:, a, b].copy_(product)
+            if b != a:
+                gram[:, b, a].copy_(product)
+
+
 @torch.no_grad()  # grad mode is per thread: the worker thread needs it off too (out= requires it)
-def forward_part(step: StepInputs, part: slice) -> None:
+def forward_part(step: StepInputs, part: slice, compiled_gather: Callable[[], bool] | None = None) -> None:
     """Rows, Gram products and biases of the ratings `part`, into `step`'s buffers; with ratings,
-    also their errors, `g` and `d`; then the derivative products the updates need."""
+    also their errors, `g` and `d`; then the derivative products the updates need.
+
+    `compiled_gather(...)`, where given, gathers the rows and their products as one compiled loop
+    (it returns False where compiling failed: then the eager kernels run)."""
     model, user, item = step.model, step.user[part], step.item[part]
-    rows = step.rows[:, part]
-    gather_rows(model.user_factors.weight, user, rows[P])
-    gather_rows(model.item_factors.weight, item, rows[Q])
-    if step.implicit_table is not None:
-        gather_rows(step.implicit_table, user, rows[Z])
-    gram = step.gram[part]
-    if rows.device.type == "cpu":
-        # The rows side by side ((B, R, D), a strided view of the blocks) make all their dot
-        # products one batched matrix product: a single read of the rows instead of several.
-        stacked = rows.permute(1, 0, 2)
-        torch.bmm(stacked, stacked.transpose(1, 2), out=gram)
-    else:
-        for a in range(rows.shape[0]):
-            for b in range(a, rows.shape[0]):
-                gram[:, a, b] = (rows[a] * rows[b]).sum(1)
-                gram[:, b, a] = gram[:, a, b]
+    rows, gram = step.rows[:, part], step.gram[part]
+    if compiled_gather is None or not compiled_gather(model.user_factors.weight.detach(),
+                                                      model.item_factors.weight.detach(), user, item, rows, gram,
+                                                      step.implicit_table):
+        _gather_eagerly(step, user, item, rows, gram)
     vectors = step.vectors[:, part]
     user_bias, item_bias, error, g, d = (vectors[VECTORS.index(name)] for name in VECTORS[:5])
     if model.user_bias is not None and model.item_bias is not None:
@@ -104,24 +110,49 @@ def forward_part(step: StepInputs, part: slice) -> None:
     _derivative_products(step, gram, vectors)
 
 
+def _gather_eagerly(step: StepInputs, user: Tensor, item: Tensor, rows: Tensor, gram: Tensor) -> None:
+    model = step.model
+    gather_rows(model.user_factors.weight, user, rows[P])
+    gather_rows(model.item_factors.weight, item, rows[Q])
+    if step.implicit_table is not None:
+        gather_rows(step.implicit_table, user, rows[Z])
+    if rows.device.type == "cpu":
+        # The rows side by side ((B, R, D), a strided view of the blocks) make all their dot
+        # products one batched matrix product: a single read of the rows instead of several.
+        stacked = rows.permute(1, 0, 2)
+        torch.bmm(stacked, stacked.transpose(1, 2), out=gram)
+    else:
+        for a in range(rows.shape[0]):
+            for b in range(a, rows.shape[0]):
+                gram[:, a, b] = (rows[a] * rows[b]).sum(1)
+                gram[:, b, a] = gram[:, a, b]
+
+
 def _errors(step: StepInputs, gram: Tensor, user_bias: Tensor, item_bias: Tensor, rating: Tensor, error: Tensor,
             g: Tensor) -> None:
     """Each rating's error (prediction - rating) and `g`, its derivative by the raw score."""
     model = step.model
-    raw = torch.add(gram[:, P, Q], model.offset, out=error)
+    unit = model.rating_unit if model.output == "linear" else 1.0
+    if unit == 1.0:
+        raw = torch.add(gram[:, P, Q], model.offset, out=error)
+    else:  # the score is in rating units of `unit`: prediction = offset + unit * score
+        raw = error.copy_(gram[:, P, Q])
     if step.implicit_table is not None:
         raw.add_(gram[:, Z, Q])
     if model.user_bias is not None and model.item_bias is not None:
         raw.add_(user_bias).add_(item_bias)
+    if unit != 1.0:
+        raw.mul_(unit).add_(model.offset)
+    # The loss takes errors in the model's units: (e / unit)^2, so g = d(e / unit)^2 / 2 d(score).
     if model.output == "sigmoid":
         span = model.rating_max - model.rating_min
         prediction = torch.sigmoid(raw).mul_(span).add_(model.rating_min)
         torch.sub(prediction, rating, out=error)
         slope = (prediction - model.rating_min).mul_(model.rating_max - prediction)
-        torch.mul(error, slope, out=g).div_(span)
+        torch.mul(error, slope, out=g).div_(span * model.rating_unit**2)
     else:
         raw.sub_(rating)
-        g.copy_(error)
+        g.copy_(error) if unit == 1.0 else torch.div(error, unit, out=g)
 
 
 def _derivative_products(step: StepInputs, gram: Tensor, vectors: Tensor) -> None:

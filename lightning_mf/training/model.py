@@ -76,6 +76,10 @@ class MatrixFactorization(nn.Module):
             whole item set per batch, and the implicit table's gradient is dense even with
             `sparse` (it is a sparse x dense product).
         ensemble_size: Number of independently initialised copies whose predictions are averaged.
+        rating_unit: With a linear output, the rating distance one unit of the score stands for:
+            prediction = offset + rating_unit * (b_u + b_i + p_u . q_i). With 1 the factors learn
+            ratings as they are; with the scale's width / 4 they learn ratings normalised by the
+            scale, so settings chosen on one scale mean the same on another.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class MatrixFactorization(nn.Module):
         sparse: bool = False,
         implicit_feedback: bool = False,
         ensemble_size: int = 1,
+        rating_unit: float = 1.0,
     ) -> None:
         super().__init__()
         check_model_arguments(num_users, num_items, rating_min, rating_max, global_mean, embedding_dim, dropout,
@@ -102,6 +107,9 @@ class MatrixFactorization(nn.Module):
         self.rating_min, self.rating_max = float(rating_min), float(rating_max)
         self.embedding_dim, self.ensemble_size = embedding_dim, ensemble_size
         self.output, self.sparse = output, sparse
+        if rating_unit <= 0:
+            raise ValueError(f"MatrixFactorization: rating_unit must be > 0, got {rating_unit}")
+        self.rating_unit = float(rating_unit)
         width = embedding_dim * ensemble_size
         self.user_factors = nn.Embedding(num_users, width, sparse=sparse)
         self.item_factors = nn.Embedding(num_items, width, sparse=sparse)
@@ -262,6 +270,8 @@ class MatrixFactorization(nn.Module):
                 b_u, b_i = torch.where(user_seen, b_u, 0.0), torch.where(item_seen, b_i, 0.0)
         if self.user_bias is not None:
             raw = raw + b_u + b_i
+        if self.rating_unit != 1.0 and self.output == "linear":
+            raw = raw * self.rating_unit
         raw = raw + self.offset
         if self.output == "sigmoid":
             raw = self.rating_min + (self.rating_max - self.rating_min) * torch.sigmoid(raw)

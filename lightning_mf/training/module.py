@@ -18,6 +18,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.data.schema import RatingScale
 from lightning_mf.training.data_hookups import attach_training_data, check_checkpoint_dataset, quiet_ddp_buffers
+from lightning_mf.training.divergence import DivergenceWatch
 from lightning_mf.training.fused_base import FusedRowOptimizer
 from lightning_mf.training.metrics import RankingMetrics
 from lightning_mf.training.model import InitKind, MatrixFactorization, OutputKind
@@ -95,6 +96,11 @@ class RatingPredictor(LightningModule):
             (`lightning_mf.training.fused_implicit`); each refresh costs two sparse products over
             the training set.
         ensemble_size: Train this many independent copies and predict their mean.
+        rating_unit: The rating distance the model's scores and the loss count in: errors enter the
+            loss as `error / rating_unit`, and a linear output predicts `mean + rating_unit * score`.
+            1 counts in ratings as they are. `auto` is the scale's width / 4 (1 on a 1-5 scale, 2.5
+            on 0-10), so l2, learning rates and init_std mean the same on any scale: a recipe's
+            RMSE scales with the ratings and its gain over the biases stays the same.
         optimizer: Builds the optimizer from the parameters; weight decay goes here.
         lr_scheduler: Builds an optional learning-rate scheduler from the optimizer.
         cosine_decay: Instead of `lr_scheduler`, lower every learning rate from its initial value
@@ -129,6 +135,7 @@ class RatingPredictor(LightningModule):
         implicit_lr_scale: float = 1.0,
         implicit_refreshes_per_epoch: int = 1,
         ensemble_size: int = 1,
+        rating_unit: float | Literal["auto"] = 1.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -146,10 +153,11 @@ class RatingPredictor(LightningModule):
         for key in ("optimizer", "lr_scheduler"):
             if self.hparams.get(key) is not None and not isinstance(self.hparams[key], (dict, str)):
                 del self.hparams[key]
+        unit = (rating_max - rating_min) / 4 if rating_unit == "auto" else float(rating_unit)
         self.model = MatrixFactorization(
             num_users, num_items, rating_min, rating_max, global_mean, embedding_dim=embedding_dim,
             dropout=dropout, init=init, init_std=init_std, output=output, use_bias=use_bias, sparse=sparse,
-            implicit_feedback=implicit_feedback, ensemble_size=ensemble_size,
+            implicit_feedback=implicit_feedback, ensemble_size=ensemble_size, rating_unit=unit,
         )
         self.l2 = float(l2)
         self.l2_bias = float(l2 if l2_bias is None else l2_bias)
@@ -165,6 +173,7 @@ class RatingPredictor(LightningModule):
         self.test_ranking = RankingMetrics(RatingScale(min=rating_min, max=rating_max).relevance_threshold,
                                            top_k=ranking_top_k)
         self.train_loss = WeightedMean()  # the epoch's data MSE over all its ratings
+        self.divergence = DivergenceWatch()
         self.seen = SeenRows(num_users, num_items)  # this rank's trained rows since the last merge
         self._resume_state: dict[str, Any] | None = None  # from a checkpoint, applied when training resumes
 
@@ -179,7 +188,8 @@ class RatingPredictor(LightningModule):
         scores = self.model.members(user, item, penalty=penalize, **weights)
         squared_error = (scores.prediction - rating.unsqueeze(1)).pow(2)
         data_loss = squared_error.mean()
-        per_rating = squared_error
+        unit = self.model.rating_unit
+        per_rating = squared_error if unit == 1.0 else squared_error / unit**2
         if penalize:
             per_rating = per_rating + self.l2 * scores.factor_sq + self.l2_bias * scores.bias_sq
             per_rating = per_rating + self.l2_implicit * scores.implicit_sq
@@ -195,13 +205,20 @@ class RatingPredictor(LightningModule):
         else:
             loss, data_loss = None, self._fused_step(batch, batch_idx)
         self.train_loss.update(data_loss, rating.shape[0])
+        self.divergence.note(data_loss if loss is None else loss, self.trainer.global_step)
         # Lightning writes step metrics only every `log_every_n_steps`; a `self.log` call on the
         # other steps costs as much (about 0.5 ms) and is thrown away. Without that predicate
         # (another Lightning version), log every step.
         connector = getattr(self.trainer, "_logger_connector", None)
         if getattr(connector, "should_update_logs", True) or self.trainer.fast_dev_run:
+            self.divergence.check(self.trainer, self._learning_rate())
             self.log("train/loss_step", data_loss.detach(), on_step=True, on_epoch=False, batch_size=rating.shape[0])
         return loss
+
+    def _learning_rate(self) -> float:
+        optimizer = self.optimizers()
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        return float(optimizer.param_groups[0]["lr"])
 
     def _fused_step(self, batch: RatingBatch, batch_idx: int) -> Tensor:
         """One fused update (manual optimization); returns the batch's data MSE."""
@@ -296,6 +313,7 @@ class RatingPredictor(LightningModule):
     def on_train_epoch_end(self) -> None:
         # Runs before ModelCheckpoint's epoch-end save (and before callbacks that monitor a
         # metric), so checkpoints hold the merged marks and `train/loss` can be monitored.
+        self.divergence.check(self.trainer, self._learning_rate())
         if self.train_loss.update_count:
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
         self._merge_seen()

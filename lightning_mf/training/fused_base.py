@@ -156,7 +156,10 @@ class FusedRowOptimizer(Optimizer):
             local = self._inputs(model, user, item, rating, 1.0 if exchange == "ratings" else loss_weight,
                                  *penalties)
             gather = self._compiled_gather(compiled, model)
-            self._thread.split_batch(threaded, user.shape[0], partial(forward_part, local, compiled_gather=gather))
+            # The step that compiles runs in one thread, but on the halves the next steps' two
+            # threads take: the gather's kernel is compiled for their shape, once.
+            self._thread.split_batch(threaded, user.shape[0], partial(forward_part, local, compiled_gather=gather),
+                                     halves=gather is not None and self.defaults["threads"] == 2)
             error = local.vector("error")
             mse = torch.dot(error, error) / user.shape[0]
             if exchange == "ratings":

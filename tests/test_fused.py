@@ -115,7 +115,6 @@ class PlainStages:
         self.sizes: Counter[tuple[str, int]] = Counter()
         self.factor_table_update = self._recorded("update_table", fused_step.factor_table_update)
         self.bias_table_update = self._recorded("update_bias", fused_step.bias_table_update)
-        self.gather_with_products = self._recorded("gather", fused_step.gather_with_products, rows_at=2)
 
     def _recorded(self, name: str, function: Callable[..., None], rows_at: int = 2) -> Callable[..., None]:
         def call(*args: object) -> None:
@@ -163,8 +162,7 @@ def test_compiled_stages_serve_the_first_batch_size_only(monkeypatch: pytest.Mon
         fused_opt.update(fused.model, *batch, l2=fused.l2, l2_bias=fused.l2_bias)
         for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
             torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=f"{name} after a batch of {size}")
-    # The gather runs on halves of the batch from the first step on (in one thread while compiling).
-    assert made[0].sizes == Counter({("update_table", 64): 4, ("update_bias", 64): 4, ("gather", 32): 4})
+    assert made[0].sizes == Counter({("update_table", 64): 4, ("update_bias", 64): 4})
 
 
 def test_compile_failure_warns_once_and_trains_on_eagerly(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,7 +170,7 @@ def test_compile_failure_warns_once_and_trains_on_eagerly(monkeypatch: pytest.Mo
         def factor_table_update(self, *args: object) -> None:
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
 
-        bias_table_update = gather_with_products = factor_table_update
+        bias_table_update = factor_table_update
 
     monkeypatch.setattr("lightning_mf.training.fused_base.CompiledStages", Failing)
     with warnings.catch_warnings(record=True) as caught:
@@ -199,9 +197,8 @@ def test_torch_compiled_update_equals_row_adagrad_and_compiles_once() -> None:
         warnings.simplefilter("error", RuntimeWarning)  # a failed compile would only warn
         optimizer = assert_matches_row_adagrad({}, 0.01, True, dict(threads=2, compile=True), steps=4)
     assert optimizer.compiled_warm and not optimizer.compile_failed
-    # Each table's update (two factor tables, two bias tables, by their shapes) and the gather of
-    # half a batch, all at the first step: no more.
-    assert counters["stats"]["unique_graphs"] - before <= 6
+    # Each table's update (two factor tables, two bias tables, by their shapes): no more.
+    assert counters["stats"]["unique_graphs"] - before <= 4
 
 
 def trainer(tmp_path: Path, epochs: int, **kwargs) -> pl.Trainer:
@@ -325,4 +322,4 @@ def test_a_resumed_optimizer_compiles_for_the_batch_size_it_was_compiling_for(mo
     resumed.load_state_dict(state)
     resumed.update(model.model, *batch_of(17, 1), l2=model.l2, l2_bias=model.l2_bias)  # eager: not the size
     resumed.update(model.model, *batch_of(64, 2), l2=model.l2, l2_bias=model.l2_bias)  # compiled
-    assert made[-1].sizes == Counter({("update_table", 64): 2, ("update_bias", 64): 2, ("gather", 32): 2})
+    assert made[-1].sizes == Counter({("update_table", 64): 2, ("update_bias", 64): 2})

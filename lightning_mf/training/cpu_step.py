@@ -24,15 +24,10 @@ class SecondThread:
     def __init__(self) -> None:
         self._executor: ThreadPoolExecutor | None = None
 
-    def split_batch(self, threaded: bool, size: int, work: Callable[[slice], None], halves: bool = False) -> None:
-        """`work` on each half of the batch, the second half in the worker thread; or here: on all
-        of it, or with `halves` on each half in turn (so compiled kernels see the halves' shapes)."""
-        first, second = partial(work, slice(0, size // 2)), partial(work, slice(size // 2, size))
+    def split_batch(self, threaded: bool, size: int, work: Callable[[slice], None]) -> None:
+        """`work` on each half of the batch, the second half in the worker thread; or on all of it here."""
         if threaded and size > 1:
-            self.in_parallel(True, first, second)
-        elif halves and size > 1:
-            first()
-            second()
+            self.in_parallel(True, partial(work, slice(0, size // 2)), partial(work, slice(size // 2, size)))
         else:
             work(slice(0, size))
 

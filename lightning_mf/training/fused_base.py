@@ -155,11 +155,7 @@ class FusedRowOptimizer(Optimizer):
             # Under the ratings exchange, the local forward only finds each rating's g (n = 1).
             local = self._inputs(model, user, item, rating, 1.0 if exchange == "ratings" else loss_weight,
                                  *penalties)
-            gather = self._compiled_gather(compiled, model)
-            # The step that compiles runs in one thread, but on the halves the next steps' two
-            # threads take: the gather's kernel is compiled for their shape, once.
-            self._thread.split_batch(threaded, user.shape[0], partial(forward_part, local, compiled_gather=gather),
-                                     halves=gather is not None and self.defaults["threads"] == 2)
+            self._thread.split_batch(threaded, user.shape[0], partial(forward_part, local))
             error = local.vector("error")
             mse = torch.dot(error, error) / user.shape[0]
             if exchange == "ratings":
@@ -275,18 +271,6 @@ class FusedRowOptimizer(Optimizer):
         if self._compiled is None:
             self._compiled = CompiledStages()
         return self._compiled
-
-    def _compiled_gather(self, compiled: CompiledStages | None,
-                         model: MatrixFactorization) -> Callable[..., bool] | None:
-        """The compiled forward gather, wrapped to report a failed compile; None where eager
-        (no kernels for this batch, or bfloat16 tables)."""
-        if compiled is None or model.user_factors.weight.dtype != torch.float32:
-            return None
-
-        def gather(*args: Any) -> bool:
-            return self.run_compiled(partial(compiled.gather_with_products, *args))
-
-        return gather
 
     def run_compiled(self, call: Callable[[], None]) -> bool:
         """Runs a compiled update; False (after one warning) where compiling failed, so the caller

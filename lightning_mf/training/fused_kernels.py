@@ -6,8 +6,8 @@ by `index_add_`, and the accumulators take a dozen small kernels more. Inductor 
 functions (`fused_step.factor_table_update`, `fused_step.bias_table_update`, which the eager path
 runs as they are) into one loop over the batch that adds each rating's update straight into its
 table row, with no update buffer: at MovieLens-25M sizes, dim 128, 2.4 ms per 32,768 ratings on one
-core instead of 5-6 ms. The forward's gathers and dot products (`fused_step.gather_with_products`)
-compile into one loop too, which writes each gathered row and its products in a single pass.
+core instead of 5-6 ms. The forward (gathers and a batched Gram product) stays eager: inductor's
+version of it re-reads the table rows and is slower.
 
 The kernels are built with inductor's C++ wrapper, which releases the GIL while it runs: the two
 Python threads of a step then run their kernels side by side, as they do eager torch kernels.
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lightning_mf.training.fused_step import bias_table_update, factor_table_update, gather_with_products
+from lightning_mf.training.fused_step import bias_table_update, factor_table_update
 
 
 def compiled(function: Callable[..., None]) -> Callable[..., Any]:
@@ -40,4 +40,3 @@ class CompiledStages:
     def __init__(self) -> None:
         self.factor_table_update = compiled(factor_table_update)
         self.bias_table_update = compiled(bias_table_update)
-        self.gather_with_products = compiled(gather_with_products)

@@ -72,46 +72,12 @@ class StepInputs(NamedTuple):
         return self.vectors[VECTORS.index(name)]
 
 
-def gather_with_products(users: Tensor, items: Tensor, user: Tensor, item: Tensor, rows: Tensor, gram: Tensor,
-                         implicit: Tensor | None = None) -> None:
-    """The ratings' rows into `rows` and their dot products into `gram`, in one pass over the rows
-    (the form `fused_kernels` compiles into a single loop)."""
-    gathered = [users[user], items[item]] + ([] if implicit is None else [implicit[user]])
-    for a, first in enumerate(gathered):
-        rows[a].copy_(first)
-        for b in range(a, len(gathered)):
-            product = (first * gathered[b]).sum(1)
-            gram[:, a, b].copy_(product)
-            if b != a:
-                gram[:, b, a].copy_(product)
-
-
 @torch.no_grad()  # grad mode is per thread: the worker thread needs it off too (out= requires it)
-def forward_part(step: StepInputs, part: slice, compiled_gather: Callable[[], bool] | None = None) -> None:
+def forward_part(step: StepInputs, part: slice) -> None:
     """Rows, Gram products and biases of the ratings `part`, into `step`'s buffers; with ratings,
-    also their errors, `g` and `d`; then the derivative products the updates need.
-
-    `compiled_gather(...)`, where given, gathers the rows and their products as one compiled loop
-    (it returns False where compiling failed: then the eager kernels run)."""
+    also their errors, `g` and `d`; then the derivative products the updates need."""
     model, user, item = step.model, step.user[part], step.item[part]
     rows, gram = step.rows[:, part], step.gram[part]
-    if compiled_gather is None or not compiled_gather(model.user_factors.weight.detach(),
-                                                      model.item_factors.weight.detach(), user, item, rows, gram,
-                                                      step.implicit_table):
-        _gather_eagerly(step, user, item, rows, gram)
-    vectors = step.vectors[:, part]
-    user_bias, item_bias, error, g, d = (vectors[VECTORS.index(name)] for name in VECTORS[:5])
-    if model.user_bias is not None and model.item_bias is not None:
-        gather_rows(model.user_bias.weight.view(-1), user, user_bias)
-        gather_rows(model.item_bias.weight.view(-1), item, item_bias)
-    if step.rating is not None:
-        _errors(step, gram, user_bias, item_bias, step.rating[part], error, g)
-        torch.mul(g, step.loss_weight, out=d)
-    _derivative_products(step, gram, vectors)
-
-
-def _gather_eagerly(step: StepInputs, user: Tensor, item: Tensor, rows: Tensor, gram: Tensor) -> None:
-    model = step.model
     gather_rows(model.user_factors.weight, user, rows[P])
     gather_rows(model.item_factors.weight, item, rows[Q])
     if step.implicit_table is not None:
@@ -126,6 +92,15 @@ def _gather_eagerly(step: StepInputs, user: Tensor, item: Tensor, rows: Tensor, 
             for b in range(a, rows.shape[0]):
                 gram[:, a, b] = (rows[a] * rows[b]).sum(1)
                 gram[:, b, a] = gram[:, a, b]
+    vectors = step.vectors[:, part]
+    user_bias, item_bias, error, g, d = (vectors[VECTORS.index(name)] for name in VECTORS[:5])
+    if model.user_bias is not None and model.item_bias is not None:
+        gather_rows(model.user_bias.weight.view(-1), user, user_bias)
+        gather_rows(model.item_bias.weight.view(-1), item, item_bias)
+    if step.rating is not None:
+        _errors(step, gram, user_bias, item_bias, step.rating[part], error, g)
+        torch.mul(g, step.loss_weight, out=d)
+    _derivative_products(step, gram, vectors)
 
 
 def _errors(step: StepInputs, gram: Tensor, user_bias: Tensor, item_bias: Tensor, rating: Tensor, error: Tensor,

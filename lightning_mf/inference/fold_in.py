@@ -203,7 +203,7 @@ def _new_rows(keys: pl.Series, rows: Tensor, index: Tensor, id_map) -> tuple[pl.
     table_index = existing.copy()
     table_index[appended] = len(id_map) + np.arange(int(appended.sum()))
     grown = id_map.extended(distinct.filter(pl.Series(appended))) if appended.any() else id_map
-    return distinct, torch.from_numpy(group), torch.from_numpy(table_index), grown
+    return distinct, torch.from_numpy(np.ascontiguousarray(group, dtype=np.int64).copy()), torch.from_numpy(table_index), grown
 
 
 def _with_rows(tables: DenseTables, side: str, index: Tensor, factors: Tensor, bias: Tensor) -> DenseTables:

@@ -238,7 +238,8 @@ def _id_column(id_map: IdMap, given: pl.Series, name: str) -> pl.Series:
     """The ids in the map's type; where one does not fit it (`abc` among integer ids), all as strings."""
     keys = id_map.keys(given)
     if keys.null_count() > given.null_count():
-        return given.cast(pl.String).alias(name)
+        text = given.cast(pl.String)
+        return (text.str.strip_chars() if id_map.integer else text).alias(name)
     return keys.alias(name)
 
 

@@ -137,6 +137,12 @@ def test_serve_answers_every_endpoint_refuses_bad_requests_and_stops_on_sigterm(
             assert status == code and message in json.dumps(answer), (path, body, raw, status, answer)
         assert client.call("POST", "/predict", {"pairs": [["u001", "000000002X"]]})[0] == 200  # still serving
         assert client.call("GET", "/health") == (200, "ok")
+        # The latency benchmark's client, bounded: every concurrent request answered.
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from serve_latency import fire
+
+        figures = fire(port, "/recommend", [json.dumps({"user": "u003", "k": 3}).encode()], requests=20, concurrency=4)
+        assert (figures["requests"], figures["failed"]) == (20, 0) and 0 < figures["p50_ms"] <= figures["p99_ms"]
     finally:
         server.send_signal(signal.SIGTERM)
         try:

@@ -71,6 +71,8 @@ def top_items_of_users(
 ) -> tuple[Tensor, Tensor]:
     """`top_items` for user indices (negative: unknown, the fallback ranking), block by block."""
     block = block_users(tables.num_items, block_bytes)
+    if candidates is not None and bool(candidates.all()):
+        candidates = None  # every item may be recommended: skip a pass over each block
     found, scores = [], []
     for start in range(0, users.numel(), block):
         rows = users[start : start + block].to(tables.device)

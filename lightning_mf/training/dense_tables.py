@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 from torch import Tensor
@@ -133,17 +134,23 @@ class DenseTables:
         and biases `(B, copies)` (from `user_rows`, or folded in), against every item."""
         copies = self.copies
         if self.output == "linear":
-            # The mean over copies of sums is one product over the copies laid side by side.
-            width = copies * self.dim
-            dot = factors.reshape(-1, width) @ self.item_factors.reshape(-1, width).T
-            if copies > 1:
-                dot /= copies
-            return dot.add_(bias.mean(1, keepdim=True)).add_(self.item_bias.mean(1)).add_(self.offset)
+            # One product does it all: the copies side by side (the mean over copies of sums is a
+            # sum scaled by 1/copies), the user's bias and offset against a column of ones, and a
+            # column of ones against the item bias, so no pass over the (B, items) block follows.
+            users = torch.cat([factors.reshape(factors.shape[0], -1) / copies,
+                               (bias.mean(1, keepdim=True) + self.offset), torch.ones_like(bias[:, :1])], dim=1)
+            return users @ self._item_side.T
         total = factors.new_zeros(factors.shape[0], self.num_items)
         for c in range(copies):
             raw = factors[:, c] @ self.item_factors[:, c].T
             total += self._out(raw.add_(bias[:, c : c + 1]).add_(self.item_bias[:, c]).add_(self.offset))
         return total / copies if copies > 1 else total
+
+    @cached_property
+    def _item_side(self) -> Tensor:
+        """`[Q, 1, mean item bias]` `(num_items, copies * dim + 2)` for the linear product above."""
+        return torch.cat([self.item_factors.reshape(self.num_items, -1), torch.ones_like(self.item_bias[:, :1]),
+                          self.item_bias.mean(1, keepdim=True)], dim=1)
 
     def clip(self, scores: Tensor) -> Tensor:
         """Predictions clipped to the rating scale, as the model gives them in eval mode."""

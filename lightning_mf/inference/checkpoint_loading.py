@@ -32,12 +32,30 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint file (give --ckpt_path a .ckpt written by `fit`, or an export folder)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped: the weights are copied into the model once, never held twice.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as error:
+        if "mmap" not in str(error):
+            raise DataError(f"{path}: not a readable checkpoint ({_brief(error)})") from None
+        checkpoint = _load_unmapped(path)  # a checkpoint of torch's legacy format
     except Exception as error:  # noqa: BLE001 - torch raises many kinds for a damaged or foreign file
-        raise DataError(f"{path}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+        raise DataError(f"{path}: not a readable checkpoint ({_brief(error)})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise DataError(f"{path}: not a lightning_mf checkpoint (it lacks state_dict or hyper_parameters)")
     return checkpoint
+
+
+def _brief(error: Exception) -> str:
+    """The first line of torch's (long) message."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:200]}"
+
+
+def _load_unmapped(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001
+        raise DataError(f"{path}: not a readable checkpoint ({_brief(error)})") from None
 
 
 def dataset_folder(checkpoint: dict[str, Any], path: Path, data_dir: str | Path | None) -> tuple[Path, DatasetMeta]:

@@ -33,6 +33,7 @@ def top_items(
     k: int,
     exclude: Sequence[tuple[UserItems, Tensor]] = (),
     candidates: Tensor | None = None,
+    out: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """The top `k` items of one block of users given by their factors and biases.
 
@@ -44,12 +45,13 @@ def top_items(
         exclude: `(items per user, each block row's index into that table)` pairs; those items are
             left out. A negative index has no items there.
         candidates: `(num_items,)` bool: items that may be recommended; None: all.
+        out: A `(B, num_items)` float32 buffer for the scores (see `DenseTables.score_all_items`).
 
     Returns:
         Item indices `(B, k)` and clipped predictions `(B, k)`, on the CPU; where a user has fewer
         than k candidates the rest is item -1 with a NaN score.
     """
-    scores = tables.score_all_items(factors, bias)
+    scores = tables.score_all_items(factors, bias, out=out)
     if candidates is not None:
         scores.masked_fill_(~candidates.to(scores.device)[None, :], float("-inf"))
     for items, rows in exclude:
@@ -74,10 +76,12 @@ def top_items_of_users(
     if candidates is not None and bool(candidates.all()):
         candidates = None  # every item may be recommended: skip a pass over each block
     found, scores = [], []
+    buffer = torch.empty(min(block, users.numel()), tables.num_items, device=tables.device)
     for start in range(0, users.numel(), block):
         rows = users[start : start + block].to(tables.device)
         factors, bias = tables.user_rows(rows)
-        index, value = top_items(tables, factors, bias, k, [(items, rows) for items in exclude], candidates)
+        index, value = top_items(tables, factors, bias, k, [(items, rows) for items in exclude], candidates,
+                                 out=buffer[: rows.numel()])
         found.append(index)
         scores.append(value)
     if not found:

@@ -207,9 +207,17 @@ class TrainedModel:
         return folder / split_file(split)
 
     def _read_pairs(self, path: Path) -> UserItems:
-        frame = pl.read_parquet(path, columns=[USER, ITEM])
-        user, item = (torch.from_numpy(frame[name].to_numpy().astype(np.int64, copy=False)) for name in (USER, ITEM))
-        return UserItems.from_pairs(user, item, len(self.users)).to(self.device)
+        """A split's (user, item) pairs grouped by user. Polars sorts the two int32 columns, which
+        at 24M pairs costs a third of the memory of an int64 argsort and its gathers."""
+        frame = pl.read_parquet(path, columns=[USER, ITEM]).sort(USER)
+        users = frame[USER].to_numpy()
+        if frame.height and (int(users[0]) < 0 or int(users[-1]) >= len(self.users)):
+            raise DataError(f"{path}: user indices must lie in [0, {len(self.users)}); is it this model's dataset?")
+        counts = np.bincount(users, minlength=len(self.users))
+        indptr = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        items = torch.from_numpy(frame[ITEM].to_numpy(writable=True).astype(np.int32, copy=False))
+        del frame, users
+        return UserItems(indptr, items).to(self.device)
 
     def _table(self, user_ids: pl.Series | None, items: Tensor, scores: Tensor) -> pl.DataFrame:
         """Long format: one row per recommended item, unfilled slots (-1) dropped."""

@@ -129,9 +129,12 @@ class DenseTables:
         q, b_i = self.item_rows(items.to(self.device))
         return self._out(self.offset + b_u + b_i + (p * q).sum(-1)).mean(1)
 
-    def score_all_items(self, factors: Tensor, bias: Tensor) -> Tensor:
+    def score_all_items(self, factors: Tensor, bias: Tensor, out: Tensor | None = None) -> Tensor:
         """Unclipped predictions `(B, num_items)` of B users given by their factors `(B, copies, dim)`
-        and biases `(B, copies)` (from `user_rows`, or folded in), against every item."""
+        and biases `(B, copies)` (from `user_rows`, or folded in), against every item.
+
+        `out`, a float32 `(B, num_items)` buffer on the tables' device, is written instead of
+        a new block (reusing one spares the page faults of a fresh 256 MB block per call)."""
         copies = self.copies
         if self.output == "linear":
             # One product does it all: the copies side by side (the mean over copies of sums is a
@@ -139,8 +142,8 @@ class DenseTables:
             # column of ones against the item bias, so no pass over the (B, items) block follows.
             users = torch.cat([factors.reshape(factors.shape[0], -1) / copies,
                                (bias.mean(1, keepdim=True) + self.offset), torch.ones_like(bias[:, :1])], dim=1)
-            return users @ self._item_side.T
-        total = factors.new_zeros(factors.shape[0], self.num_items)
+            return torch.matmul(users, self._item_side.T, out=out)
+        total = factors.new_zeros(factors.shape[0], self.num_items) if out is None else out.zero_()
         for c in range(copies):
             raw = factors[:, c] @ self.item_factors[:, c].T
             total += self._out(raw.add_(bias[:, c : c + 1]).add_(self.item_bias[:, c]).add_(self.offset))

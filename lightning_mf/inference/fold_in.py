@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from lightning_mf.errors import DataError
-from lightning_mf.inference.state import ModelState
+from lightning_mf.inference.id_maps import IdMap
 from lightning_mf.inference.ridge import solve_rows
+from lightning_mf.inference.state import ModelState
 from lightning_mf.training.dense_tables import DenseTables
 
 
@@ -189,7 +190,7 @@ def _seen(seen: Tensor, index: Tensor) -> Tensor:
     return (index >= 0) & seen[index.clamp(min=0)]
 
 
-def _new_rows(keys: pl.Series, rows: Tensor, index: Tensor, id_map) -> tuple[pl.Series, Tensor, Tensor, object]:
+def _new_rows(keys: pl.Series, rows: Tensor, index: Tensor, id_map: IdMap) -> tuple[pl.Series, Tensor, Tensor, IdMap]:
     """The distinct keys of the selected rows (in first-seen order), each rating's group among
     them, each key's table index (its own where the dataset has it, appended ones otherwise), and
     the id map with the appended keys."""

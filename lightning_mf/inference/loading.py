@@ -48,7 +48,10 @@ def _with_data_dir(state: ModelState, given: Path | None) -> ModelState:
         if given is not None:
             raise DataError(f"{given / META_FILE} not found: --data_dir is not a prepared dataset folder")
         return replace(state, data_dir=None)
-    fingerprint = DatasetMeta.load(folder).fingerprint
+    try:
+        fingerprint = DatasetMeta.load(folder).fingerprint
+    except (FileNotFoundError, ValueError) as error:
+        raise DataError(str(error)) from error
     if fingerprint != state.fingerprint:
         if given is None:
             return replace(state, data_dir=None)

@@ -2,7 +2,8 @@
 
 LitServe runs its HTTP server and each endpoint's worker in processes of their own. On Ctrl-C it
 stops them all; SIGTERM (what `kill`, Docker and Kubernetes send) would end only this process and
-orphan the rest, so it is turned into the same KeyboardInterrupt. Whatever child is still alive
+orphan the rest, so it is turned into the same KeyboardInterrupt. The workers ignore SIGINT (a
+terminal's Ctrl-C reaches the whole process group): this process stops them, in order. Whatever child is still alive
 afterwards (a worker that failed its setup, say) is terminated, then killed, before exiting.
 The checkpoint is checked here first, so a wrong path ends with a message and status 2 rather
 than with a worker's traceback.
@@ -62,16 +63,19 @@ def _check_model(ckpt_path: str, data_dir: str | None) -> None:
 
 
 _MAIN_PID = os.getpid()
+_stopping: list[int] = []  # the stop signals received
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     if os.getpid() != _MAIN_PID:
-        # A forked HTTP server process inherits this handler; uvicorn re-raises SIGTERM when it has
-        # shut down, which must then end that process as the default action would.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+        # A forked HTTP server process inherits this handler; uvicorn re-raises the signal when it
+        # has shut down, which must then end that process as the default action would.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
         return
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the shutdown short
+    _stopping.append(signum)
+    for name in (signal.SIGTERM, signal.SIGINT):  # a second signal must not cut the shutdown short
+        signal.signal(name, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -103,11 +107,18 @@ def main(argv: list[str] | None = None) -> int:
                           config["workers_per_device"], config["max_pairs"], config["max_k"],
                           config["max_body_kb"] * 1024, config["threads"], config["timeout"])
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         server.run(host=config["host"], port=config["port"], num_api_servers=config["api_servers"],
                    log_level=config["log_level"], generate_client_file=False)
     except KeyboardInterrupt:
         pass
+    except (EOFError, ConnectionError) as error:
+        # LitServe's monitor shut everything down (a worker died) while this process waited on its manager.
+        if not _stopping:
+            print(f"error: the server stopped: a worker process died ({type(error).__name__}); see the log above",
+                  file=sys.stderr)
+            return 1
     except RuntimeError as error:  # LitServe: a worker failed its setup (its traceback is logged above)
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -61,7 +61,12 @@ class _ModelAPI(ls.LitAPI):
         self.max_pairs, self.max_k, self.threads = max_pairs, max_k, threads
 
     def setup(self, device: str) -> None:
+        import signal
+
         import torch
+
+        # Ctrl-C in a terminal reaches every process of the group; `serve` stops the workers itself.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
         from lightning_mf.inference.loading import load
 

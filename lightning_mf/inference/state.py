@@ -29,6 +29,7 @@ class ModelState:
         data_dir: That folder, where known and present (for training pairs and splits).
         train_pairs_file: A Parquet file of the training (user, item) indices, in an export.
         source: The checkpoint or export folder it was loaded from.
+        hyper_parameters: The checkpoint's hyperparameters (provenance for an export).
     """
 
     tables: DenseTables

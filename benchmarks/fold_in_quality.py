@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.1, help="Share of users held out.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
     options = parser.parse_args()
+    sys.argv = sys.argv[:1]  # LightningCLI is given its arguments; it would warn about these
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     print(f"CPU: {_cpu()}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -17,6 +17,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.data.schema import RatingScale
+from lightning_mf.training.catalog_metrics import CatalogRankingMetrics
 from lightning_mf.training.data_hookups import attach_training_data, check_checkpoint_dataset, quiet_ddp_buffers
 from lightning_mf.training.divergence import DivergenceWatch
 from lightning_mf.training.fused_base import FusedRowOptimizer
@@ -40,7 +41,10 @@ class RatingPredictor(LightningModule):
 
     Logged every epoch: `train/loss` (data MSE, mean over the epoch's ratings; `train/loss_step`
     the batch's, on the steps the logger writes: every `log_every_n_steps`), `val/loss` (MSE), `val/rmse`, `val/mae`, `hp_metric` (= val RMSE),
-    `test/rmse`, `test/mae`, `test/ndcg@K` and `test/recall@K`. Eval predictions are clipped to
+    `test/rmse`, `test/mae`, `test/ndcg@K` and `test/recall@K` (each user's held-out items re-ranked),
+    and with a DataModule that has `train_interactions()` the full-catalog `test/full_ndcg@K`,
+    `test/full_recall@K`, `test/full_hit@K` and the most-popular baseline's `test/popular_ndcg@K`,
+    `test/popular_recall@K`, `test/popular_hit@K` (see `catalog_metrics`). Eval predictions are clipped to
     the rating range and fall back to biases for users or items unseen in training.
 
     Regularization comes in two forms, usable together: the optimizer's `weight_decay` (as the
@@ -108,7 +112,7 @@ class RatingPredictor(LightningModule):
             trainer, so it follows `max_epochs` or `max_steps`).
         lr_scheduler_interval: Step the scheduler every `epoch` or every `step`.
         lr_scheduler_monitor: Metric a `ReduceLROnPlateau` scheduler watches.
-        ranking_top_k: Cut-off K of the test ranking metrics NDCG@K and Recall@K.
+        ranking_top_k: Cut-off K of the test ranking metrics (NDCG@K, Recall@K, full-catalog Hit@K).
     """
 
     def __init__(
@@ -172,6 +176,8 @@ class RatingPredictor(LightningModule):
         self.test_rmse, self.test_mae = MeanSquaredError(squared=False), MeanAbsoluteError()
         self.test_ranking = RankingMetrics(RatingScale(min=rating_min, max=rating_max).relevance_threshold,
                                            top_k=ranking_top_k)
+        self.test_catalog = CatalogRankingMetrics(RatingScale(min=rating_min, max=rating_max).relevance_threshold,
+                                                  top_k=ranking_top_k)
         self.train_loss = WeightedMean()  # the epoch's data MSE over all its ratings
         self.divergence = DivergenceWatch()
         self.seen = SeenRows(num_users, num_items)  # this rank's trained rows since the last merge
@@ -266,6 +272,8 @@ class RatingPredictor(LightningModule):
         self.test_rmse.update(prediction, rating)
         self.test_mae.update(prediction, rating)
         self.test_ranking.update(user, score, rating)
+        if self.test_catalog.active:
+            self.test_catalog.update(user, item, rating)
         size = rating.shape[0]
         self.log("test/rmse", self.test_rmse, on_step=False, on_epoch=True, batch_size=size)
         self.log("test/mae", self.test_mae, on_step=False, on_epoch=True, batch_size=size)
@@ -277,6 +285,11 @@ class RatingPredictor(LightningModule):
         self.log(f"test/ndcg@{k}", ranking["ndcg"], sync_dist=True)
         self.log(f"test/recall@{k}", ranking["recall"], sync_dist=True)
         self.test_ranking.reset()
+        if self.test_catalog.active:
+            for name, value in self.test_catalog.compute().items():
+                self.log(f"test/{name}@{k}", value, sync_dist=True)
+            self.test_catalog.reset()
+            self.test_catalog.stop()
 
     def predict_step(self, batch: RatingBatch | tuple[Tensor, ...], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Clipped predictions for a batch's (user, item) pairs; a rating field is ignored."""
@@ -341,3 +354,6 @@ class RatingPredictor(LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._merge_seen()
+        interactions = getattr(getattr(self.trainer, "datamodule", None), "train_interactions", None)
+        if interactions is not None:
+            self.test_catalog.start(self.model, *interactions())

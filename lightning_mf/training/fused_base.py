@@ -73,6 +73,14 @@ class FusedRowOptimizer(Optimizer):
         compiled_size = state_dict.pop("compiled_batch_size", None)
         rounding = state_dict.pop("rounding_generator", None)
         super().load_state_dict(state_dict)
+        # torch casts loaded state to its parameter's dtype, but ours is float32 whatever the
+        # tables are (bfloat16 tables keep float32 accumulators and G): put the saved values back.
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [param for group in self.param_groups for param in group["params"]]
+        for saved_id, param in zip(saved_ids, params):
+            for key, value in state_dict["state"].get(saved_id, {}).items():
+                if isinstance(value, Tensor) and value.is_floating_point():
+                    self.state[param][key] = value.to(device=param.device)
         self._compiled_size, self._rounding_state = compiled_size, rounding
 
     def rounding_generator(self, device: torch.device) -> torch.Generator:

@@ -34,22 +34,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import describe
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO))
 ML25M = {"users": 162_541, "items": 59_047, "width": 128, "train": 24_000_000, "batch": 262_144}
 LINKS = {"NVLink (8 GPUs of a node)": 450e9, "InfiniBand NDR, 400 Gb/s a GPU": 50e9}
 HOP_LATENCY_S = 10e-6  # per collective step of a ring; a rough figure for NVLink/NCCL
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def run(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
@@ -168,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sent = exchange_bytes(mode, batch, users, items, 128, implicit=True)
     steps = math.ceil(train // 2 / (batch // 2))
     results: dict[str, Any] = {
-        "machine": f"{cpu_model()}, {os.cpu_count()} cores", "load_average_before": load,
+        "machine": describe(), "load_average_before": load,
         "load_average_after": os.getloadavg()[0], "rows": args.rows, "train_rows": train, "users": users,
         "items": items, "batch": batch, "single": single[0], "ddp": ddp, "exchange": mode,
         "bytes_per_step": sent, "bytes_per_epoch": sent * steps, "steps_per_epoch": steps, "forward_share": share,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -27,19 +26,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 ML25M_USERS, ML25M_ITEMS, ML25M_TRAIN = 162_541, 59_047, 24_000_000
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build(folder: Path, users: int, items: int, train_rows: int, dim: int, seed: int = 0) -> Path:

@@ -120,7 +120,8 @@ def payloads(num_users: int, num_items: int, pairs: int, k: int, seed: int = 0) 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    from recommend_speed import build, cpu_model
+    from machine import cpu_model
+    from recommend_speed import build
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_path", type=Path, default=None, help="Serve this model (raw ids index + 1 assumed).")

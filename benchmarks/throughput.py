@@ -35,13 +35,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from machine import describe
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(__file__).resolve().parent
@@ -204,19 +205,6 @@ def measure_surprise(args: argparse.Namespace, data_dir: Path, env: dict[str, st
     return last_json(run_child(command, env, work, work / "surprise.log"))
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    system = f"{platform.system()} {platform.release()}"
-    return f"{cpu}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
-
-
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
 
@@ -238,7 +226,7 @@ def summarize(args: argparse.Namespace, meta: dict[str, Any], parts: dict[str, d
         "fast_config": str(args.fast_config.relative_to(REPO) if args.fast_config.is_relative_to(REPO)
                            else args.fast_config),
         "precision": args.precision,
-        "machine": machine(),
+        "machine": describe(),
         "torch": fast.get("torch"),
         "lightning": fast.get("lightning"),
         "threads": fast.get("torch_threads"),

@@ -18,9 +18,7 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from machine import cpu_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "ml-latest-small"
@@ -94,16 +93,6 @@ def measure(source: Path, workdir: Path, epochs: int = 40, share: float = 0.1, s
     }
 
 
-def _cpu() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="The ml-latest-small folder.")
@@ -113,7 +102,7 @@ def main() -> None:
     options = parser.parse_args()
     sys.argv = sys.argv[:1]  # LightningCLI is given its arguments; it would warn about these
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    print(f"CPU: {_cpu()}")
+    print(f"CPU: {cpu_model()}")
     with tempfile.TemporaryDirectory() as tmp:
         result = measure(options.source, Path(tmp), options.epochs, options.share)
     print("| predicting the held-out 20% | RMSE |\n|---|---:|")
@@ -122,7 +111,7 @@ def main() -> None:
         print(f"| {label} | {result[key]:.4f} |")
     print(json.dumps(result, indent=2))
     if options.json:
-        options.json.write_text(json.dumps({"cpu": _cpu(), **result}, indent=2) + "\n")
+        options.json.write_text(json.dumps({"cpu": cpu_model(), **result}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

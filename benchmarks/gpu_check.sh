@@ -119,7 +119,7 @@ for entry in filter(None, steps.split(";")):
     print(f"- {name}: {status}")
 if runs:
     first = next(iter(runs.values()))
-    print(f"\n{first['device']}; torch {first['torch']}, lightning {first['lightning']}; "
+    print(f"\n{first['device']} ({first['machine']}); torch {first['torch']}, lightning {first['lightning']}; "
           f"{first['rows']:,} ratings ({first['train_rows']:,} train), batch {first['batch_size']:,}\n")
     rows = [
         ("fast path, M ratings/s", "lmf_ratings_per_s", 1e6, 2),

@@ -349,6 +349,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="After `--`: more `fit` arguments for the fast path, e.g. "
                              "`-- --model.optimizer.init_args.threads 1`.")
     args = parser.parse_args(argv)
+    args.fast_config = args.fast_config.resolve()  # the fits run in a scratch folder
+    if not args.fast_config.is_file():
+        parser.error(f"--fast_config: no such file: {args.fast_config}")
     if args.quick:
         args.seed_steps = min(args.seed_steps, 20)
         args.surprise_rows = min(args.surprise_rows, 20_000)

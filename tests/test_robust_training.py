@@ -3,23 +3,21 @@ early stopping picks the epochs, and the default recipe means the same on any ra
 
 from __future__ import annotations
 
-import json
-import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
-
 from helpers import make_dataset
+
 from lightning_mf.__main__ import main
 from lightning_mf.cli import build_cli
 from lightning_mf.errors import TrainingDiverged
 from lightning_mf.training.stop_checkpoint import ResumableCheckpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 DEFAULT = REPO_ROOT / "configs" / "default.yaml"
 
 
@@ -82,33 +80,14 @@ def test_early_stopping_picks_the_epochs_and_test_scores_the_best(tiny: Path, tm
     assert torch.equal(cli.model.model.user_factors.weight, weights), "test ran on the best epoch's weights"
 
 
-def mapped_copy(folder: Path, out: Path, low: float, high: float) -> tuple[Path, float]:
-    """The dataset folder with every rating mapped affinely onto [low, high]; returns it and the factor."""
-    meta = json.loads((folder / "meta.json").read_text())
-    old_low, old_high = meta["rating_scale"]["min"], meta["rating_scale"]["max"]
-    factor = (high - low) / (old_high - old_low)
-    shutil.copytree(folder, out)
-    for split in ("train", "val", "test"):
-        table = pq.read_table(out / f"{split}.parquet")
-        rating = pa.compute.add(pa.compute.multiply(pa.compute.subtract(table.column("rating"), old_low), factor), low)
-        table = table.set_column(table.schema.get_field_index("rating"), "rating", rating.cast(pa.float32()))
-        pq.write_table(table, out / f"{split}.parquet", row_group_size=262_144)
-    meta["rating_scale"] = {**meta["rating_scale"], "min": low, "max": high,
-                            "step": meta["rating_scale"].get("step") and meta["rating_scale"]["step"] * factor}
-    meta["rating"] = {key: (value - old_low) * factor + low for key, value in meta["rating"].items()
-                      if isinstance(value, (int, float))} | {k: v for k, v in meta["rating"].items()
-                                                              if not isinstance(v, (int, float))}
-    meta["fingerprint"] = f"{meta.get('fingerprint', '')}-mapped-{low}-{high}"
-    (out / "meta.json").write_text(json.dumps(meta))
-    return out, factor
-
-
 @pytest.mark.realdata
 def test_the_default_recipe_means_the_same_on_any_rating_scale(
         ml100k_dir: Path, ml_latest_small_dir: Path, tmp_path: Path) -> None:
     """ml-100k (1-5) and ml-latest-small (0.5-5) mapped onto 0-10 and -10..10: the test RMSE of the
     default recipe (3 epochs) scales by the mapping's factor, within 1%, so its gain over the biases
     is the same."""
+    from rating_scales import map_ratings
+
     from lightning_mf.prepare.options import PrepareOptions
     from lightning_mf.prepare.pipeline import prepare_dataset
 
@@ -121,7 +100,7 @@ def test_the_default_recipe_means_the_same_on_any_rating_scale(
         rmse = {}
         for low, high in ((None, None), (0.0, 10.0), (-10.0, 10.0)):
             data, factor = ((folder, 1.0) if low is None
-                            else mapped_copy(folder, tmp_path / f"{name}-{low}-{high}", low, high))
+                            else map_ratings(folder, tmp_path / f"{name}-{low}-{high}", low, high))
             cli = build_cli(["--config", str(DEFAULT), "--data.data_dir", str(data), *quiet(tmp_path),
                              "--trainer.max_epochs", "3", "--trainer.callbacks", "[]"], run=False)
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)

@@ -115,8 +115,8 @@ class MFLightningCLI(LightningCLI):
         """Says where the best epoch's checkpoint is (what `test` should score after early stopping)."""
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "")
-        if best:
-            score = getattr(callback, "best_model_score", None)
+        score = getattr(callback, "best_model_score", None)
+        if best and score is not None and getattr(callback, "monitor", None):
             rank_zero_info(f"best checkpoint ({callback.monitor} {float(score):.4f}): {best}; score it with "
                            f"`python -m lightning_mf test --config ... --ckpt_path {best}`")
 

@@ -67,8 +67,8 @@ class FusedRowAdagrad(FusedRowOptimizer):
             `lightning_mf.training.allocator`): the loader's and the step's temporaries are then
             not page-faulted in afresh every step. Ignored elsewhere.
         huge_pages: On Linux CPUs, at the first step, move the large tables into memory advised for
-            transparent huge pages (`lightning_mf.training.huge_pages`): random row gathers run up
-            to 4x faster where the kernel gives huge pages only on request. Ignored elsewhere.
+            transparent huge pages (`lightning_mf.training.huge_pages`, which says what was and
+            was not measured). Ignored elsewhere.
         distributed_update: Under DDP, how the ranks combine a step (`lightning_mf.training.
             fused_exchange`): `ratings` (each rank's (user, item, derivative), 12 bytes a rating),
             `dense` (all-reduced whole-table gradients), or `auto`, whichever moves fewer bytes.

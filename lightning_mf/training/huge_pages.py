@@ -1,9 +1,13 @@
 """The fast path's tables in transparent huge pages (Linux, CPU): random row access without TLB misses.
 
 A step gathers and scatters rows at random all over tables of 30-80 MB at MovieLens-25M sizes.
-With 4 KiB pages almost every row is a TLB miss, and a random 512-byte row gather runs at about a
-quarter of its speed on 2 MiB pages: measured on a 2-core AMD EPYC VM, 6.5M rows/s against 24-33M
-(`benchmarks/README.md`). Where the kernel hands out huge pages only on request
+With 4 KiB pages almost every row can be a TLB miss. One measurement on a 2-core AMD EPYC VM put
+a random 512-byte row gather at 6.5M rows/s on 4 KiB pages against 24-33M on 2 MiB pages; it has not
+been reproduced: `benchmarks/memory_rates.py` on the same kind of VM later measured 21-28M rows/s on
+4 KiB pages and 15-27M on huge pages (`docs/memory-rates-cpu.json`), no clear difference, while
+whole fits ran 8-13% faster with huge pages in noisy A/B runs. The move costs one copy per table
+and has not been measured to slow anything, so it stays on (`huge_pages=False` turns it off).
+Where the kernel hands out huge pages only on request
 (`/sys/kernel/mm/transparent_hugepage/enabled` is `madvise`, as on that VM) nothing asks for them,
 so here each large table moves, once, into fresh memory advised with `MADV_HUGEPAGE` before its
 first touch. Where the setting is `always` the tables have them already; where `never`, nothing

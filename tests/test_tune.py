@@ -4,6 +4,7 @@ search space's checks, and the pruning callback's reports, stops and deadline.""
 from __future__ import annotations
 
 import csv
+import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -225,3 +226,21 @@ def test_print_space_prints_the_default_file(capsys: pytest.CaptureFixture[str])
     printed = capsys.readouterr().out
     assert printed == DEFAULT_SPACE.read_text()
     assert load_space(DEFAULT_SPACE).describe()["search"].keys() == yaml.safe_load(printed)["search"].keys()
+
+
+def test_ctrl_c_in_a_trial_stops_the_study_resumably(tiny: SimpleNamespace, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupt(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    tiny.space.write_text(TINY_SPACE.replace("[0.01, 1000000.0]", "[0.01]"))  # no diverging trials here
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TrialPruning, "on_train_batch_end", interrupt)
+        assert tune(tiny, "--trials", "2") == 130
+    assert "run the same command again to resume" in capsys.readouterr().err
+    # Lightning leaves SIGINT ignored after a Ctrl-C in a fit; tune gives it back.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert [t.state for t in load(tiny).trials] == [TrialState.FAIL]
+    assert tune(tiny, "--trials", "2") == 0
+    assert [t.number for t in load(tiny).trials] == [0, 1, 2], "the interrupted trial is kept but not counted"

@@ -6,6 +6,8 @@ process, exactly as `python -m lightning_mf fit` would, plus a few settings of i
 checkpoints (a study would write hundreds), no progress bar, TensorBoard logs under the study's
 runs folder. Only `fit` runs: validation scores the trial, the test split is never read.
 
+Ctrl-C during a trial stops the study (the trial is recorded as failed) and can be resumed.
+
 Outcomes: the score (`val/rmse` after the last epoch, or the lowest of any epoch), a pruned trial
 (`TrialPruning` stopped it: the pruner, a non-finite `val/rmse`, the time budget) or a diverged
 one (non-finite weights after the fit, however the fit ended), a failed trial (the fit raised
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 import warnings
 from collections.abc import Iterator
@@ -34,6 +37,7 @@ from lightning_mf.tuning.pruning import TrialPruning
 from lightning_mf.tuning.space import SearchSpace
 
 MONITOR = "val/rmse"
+FAILED_NOTE = "failed: "  # the note of a trial whose fit raised; such trials count as run
 TRIAL_CONFIG = "trial.yaml"
 Objective = Literal["last", "best"]
 
@@ -115,8 +119,14 @@ class FitObjective:
         started = time.perf_counter()
         try:
             finite_weights = self._fit(trial.number, config, pruning)
+        except KeyboardInterrupt:
+            trial.set_user_attr("note", "interrupted")
+            raise
+        except DataError as error:
+            trial.set_user_attr("note", f"stopped the study: {error}")
+            raise
         except TrialFailed as error:
-            trial.set_user_attr("note", f"failed: {error}")
+            trial.set_user_attr("note", f"{FAILED_NOTE}{error}")
             raise
         finally:
             trial.set_user_attr("curve", pruning.curve)
@@ -134,7 +144,13 @@ class FitObjective:
         try:
             with quiet_fit():
                 cli = build_cli(args, callbacks=[pruning])
-        except SystemExit as exit:  # jsonargparse has printed why
+        except SystemExit as exit:
+            if pruning.fit_started:
+                # Lightning answers Ctrl-C in a fit with sys.exit(1), leaving SIGINT ignored: give
+                # it back, and stop the study as Ctrl-C would (Optuna records the trial as failed).
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt from None
+            # jsonargparse has printed why.
             raise DataError(
                 f"trial {number}: fit refused its arguments (exit status {exit.code}; its message is above). "
                 f"The arguments: {' '.join(args)}"

@@ -4,7 +4,7 @@ The study lives in the SQLite file `--study` names, so a `tune` that was interru
 crash, a killed job) continues where it stopped when the same command runs again: `--trials N` is
 the study's total, so the rerun runs only the trials still missing. A trial interrupted by Ctrl-C is
 recorded as failed; one left running by a killed process is marked failed by Optuna's heartbeat
-check once its heartbeat is older than `STALE_AFTER_S`.
+check once its heartbeat is older than `STALE_AFTER_S`; neither counts towards `--trials`.
 
 Sampling is TPE (seeded; multivariate, with `group` for the conditional options of the space),
 pruning Optuna's median rule or successive halving on the per-progress `val/rmse` that
@@ -26,13 +26,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lightning_mf.errors import DataError
 from lightning_mf.tuning.best_config import write_best_config
-from lightning_mf.tuning.objective import FitObjective, Objective, TrialFailed
+from lightning_mf.tuning.objective import FAILED_NOTE, FitObjective, Objective, TrialFailed
 from lightning_mf.tuning.plots import plot_search
 from lightning_mf.tuning.reports import short_names, trial_note, write_tables
 from lightning_mf.tuning.space import SearchSpace, load_space
 
 PrunerKind = Literal["median", "halving", "none"]
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 HEARTBEAT_S = 30
 STALE_AFTER_S = 120
 # Stored with the study and checked when it is resumed: trials run with other inputs would not compare.
@@ -170,7 +169,12 @@ def open_study(options: TuneOptions, space: SearchSpace) -> optuna.Study:
 
 
 def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=FINISHED)
+    """The trials `--trials` counts: complete, pruned, and failed in training. Not counted: trials
+    interrupted by Ctrl-C or a killed process, or stopped by an error every trial would hit (each
+    is recorded as failed, and a resumed study runs another in its place)."""
+    return [trial for trial in study.get_trials(deepcopy=False)
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+            or (trial.state == TrialState.FAIL and str(trial.user_attrs.get("note", "")).startswith(FAILED_NOTE))]
 
 
 def progress_line(study: optuna.Study, trial: FrozenTrial, options: TuneOptions, elapsed: float,

@@ -305,7 +305,8 @@ def main() -> None:
         only = {name.strip() for name in args.splits.split(",") if name.strip()}
         unknown = only - {*ML100K_FOLDS, LATEST_SMALL}
         if unknown:
-            parser.error(f"--splits: unknown {sorted(unknown)}; expected some of {', '.join([*ML100K_FOLDS, LATEST_SMALL])}")
+            known = ", ".join([*ML100K_FOLDS, LATEST_SMALL])
+            parser.error(f"--splits: unknown {sorted(unknown)}; expected some of {known}")
 
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)

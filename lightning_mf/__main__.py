@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("lightning_mf.cli:predict", "predict ratings of the test (or val) split with a checkpoint"),
     "experiments": ("lightning_mf.experiments.command:main", "run a folder of experiment configs in order: experiments run DIR"),
     "report": ("lightning_mf.experiments.report:main", "table and learning-curve PNGs of a runs folder, from TensorBoard events"),
-    "tune": ("lightning_mf.tuning.command:main", "search a fit's settings with Optuna on the validation split: tune --config ... --timeout 600"),
+    "tune": ("lightning_mf.tuning.command:main", "search a fit's settings with Optuna, on validation: tune --config ... --timeout 600"),
 }
 
 

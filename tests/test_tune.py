@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from helpers import make_dataset
 from lightning_mf.__main__ import main
 from lightning_mf.errors import DataError
+from lightning_mf.tuning.pruners import OverfitPruner
 from lightning_mf.tuning.pruning import TrialPruning, progress_step
 from lightning_mf.tuning.space import DEFAULT_SPACE, load_space, nest
 
@@ -148,6 +149,25 @@ def test_median_pruning_at_percent_steps() -> None:
     assert trial.storage.get_trial(trial._trial_id).intermediate_values == {20: pytest.approx(1.2)}
     assert trainer.should_stop and pruning.reason == "pruned at 20% of its fit (epoch 4): val/rmse 1.2000"
     assert pruning.curve == [pytest.approx(1.2)] * 2
+
+
+@pytest.mark.parametrize(("objective", "curve", "pruned"), [
+    ("last", [0.93, 0.95], True),    # rising, and already worse than the best score: cannot win
+    ("last", [0.96, 0.95], False),   # slow but still improving: kept
+    ("last", [0.85, 0.86], False),   # rising, but still better than the best score
+    ("last", [0.93, 0.9305], False),  # flat within the rise tolerance
+    ("best", [0.93, 0.95], True),    # scored by its lowest value, 0.93, worse than 0.90
+    ("best", [0.89, 0.95], False),   # its lowest value would still win
+])
+def test_overfit_pruner_stops_rising_trials_that_cannot_win(objective: str, curve: list[float],
+                                                             pruned: bool) -> None:
+    study = optuna.create_study(pruner=OverfitPruner(optuna.pruners.NopPruner(), objective))
+    study.add_trial(optuna.trial.create_trial(value=0.90, intermediate_values={20: 0.95, 100: 0.90}))
+    trial = study.ask()
+    trial.report(curve[0], 20)
+    assert not trial.should_prune()
+    trial.report(curve[1], 30)
+    assert trial.should_prune() is pruned
 
 
 def test_diverged_value_and_deadline_stop_the_fit() -> None:

@@ -31,7 +31,9 @@ def _counts(study: optuna.Study) -> str:
 
 
 def _space_name(space: SearchSpace) -> str:
-    return "the built-in space (lightning_mf/tuning/space.yaml)" if Path(space.source) == DEFAULT_SPACE else space.source
+    if Path(space.source) == DEFAULT_SPACE:
+        return "the built-in space (lightning_mf/tuning/space.yaml)"
+    return space.source
 
 
 def best_config_text(study: optuna.Study, space: SearchSpace, configs: list[str], extra_args: list[str],

@@ -41,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"Search space YAML replacing the built-in one ({DEFAULT_SPACE.name}; see --print_space).")
     parser.add_argument("--print_space", action="store_true", help="Print the search space file and exit.")
     parser.add_argument("--seed", type=int, default=42, help="Seed of the TPE sampler (default 42).")
-    parser.add_argument("--pruner", choices=("median", "halving", "none"), default="median",
-                        help="median: Optuna's median rule (default); halving: successive halving; none.")
+    parser.add_argument("--pruner", choices=("overfit", "median", "halving", "none"), default="overfit",
+                        help="overfit (default): prune trials worse than 90%% of the others at the same point of "
+                        "their fit, and overfitting ones (val/rmse rising and already above the best score); "
+                        "median: Optuna's median rule; halving: successive halving; none. Diverging trials are "
+                        "pruned with any.")
     parser.add_argument("--objective", choices=("last", "best"), default="last",
                         help="Score a trial by val/rmse after its last epoch (default: what a refit with the "
                         "same epochs scores) or by its best epoch's.")

@@ -145,7 +145,7 @@ class FitObjective:
             with quiet_fit():
                 cli = build_cli(args, callbacks=[pruning])
         except SystemExit as exit:
-            if pruning.fit_started:
+            if pruning.interrupted:
                 # Lightning answers Ctrl-C in a fit with sys.exit(1), leaving SIGINT ignored: give
                 # it back, and stop the study as Ctrl-C would (Optuna records the trial as failed).
                 signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -158,7 +158,7 @@ class FitObjective:
         except DataError:
             raise
         except Exception as error:
-            if not pruning.fit_started:
+            if not pruning.training_started:
                 raise DataError(f"trial {number}: the fit could not start with {config} after the given configs: "
                                 f"{type(error).__name__}: {error}") from error
             raise TrialFailed(f"{type(error).__name__}: {error}") from error

@@ -44,8 +44,9 @@ class TrialPruning(pl.Callback):
     """Reports a fit's validation metric to an Optuna trial and stops the fit early when it should.
 
     After the fit, `curve` holds every validation's value (None where it was not finite), `reason`
-    says why the fit was stopped early (None if it ran to its end), and `fit_started` whether
-    training began (failures before it are configuration errors, not bad trials).
+    says why the fit was stopped early (None if it ran to its end), `training_started` whether
+    training began (failures before it, sanity check included, are configuration errors, not bad
+    trials), and `interrupted` whether Ctrl-C stopped the fit (Lightning then exits with status 1).
 
     Args:
         trial: The trial being run.
@@ -61,7 +62,8 @@ class TrialPruning(pl.Callback):
         self.curve: list[float | None] = []
         self.reason: str | None = None
         self.diverged = False
-        self.fit_started = False
+        self.training_started = False
+        self.interrupted = False
         self._reported: set[int] = set()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -72,7 +74,13 @@ class TrialPruning(pl.Callback):
                 "rows: prepare the data with a validation part (data.prepare.val_fraction, e.g. 0.05), or give a "
                 "data.data_dir that has one. The test split is never used by tune."
             )
-        self.fit_started = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.training_started = True
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupted = True
 
     def _stop(self, trainer: pl.Trainer, reason: str) -> None:
         if self.reason is None:

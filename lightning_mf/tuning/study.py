@@ -7,8 +7,7 @@ recorded as failed; one left running by a killed process is marked failed by Opt
 check once its heartbeat is older than `STALE_AFTER_S`; neither counts towards `--trials`.
 
 Sampling is TPE (seeded; multivariate, with `group` for the conditional options of the space),
-pruning Optuna's median rule or successive halving on the per-progress `val/rmse` that
-`TrialPruning` reports. After every trial the best config and the trials table are rewritten, so
+pruning (`pruners`) on the per-progress `val/rmse` that `TrialPruning` reports. After every trial the best config and the trials table are rewritten, so
 even an interrupted study leaves them; the PNG is drawn when the run ends.
 """
 
@@ -23,15 +22,18 @@ from typing import Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from lightning_mf.errors import DataError
 from lightning_mf.tuning.best_config import write_best_config
 from lightning_mf.tuning.objective import FAILED_NOTE, FitObjective, Objective, TrialFailed
 from lightning_mf.tuning.plots import plot_search
+from lightning_mf.tuning.pruners import OverfitPruner
 from lightning_mf.tuning.reports import short_names, trial_note, write_tables
 from lightning_mf.tuning.space import SearchSpace, load_space
 
-PrunerKind = Literal["median", "halving", "none"]
+PrunerKind = Literal["overfit", "median", "halving", "none"]
+LOOSE_PERCENTILE = 90.0  # `overfit` prunes a trial worse than this percentile of the others at a step
 HEARTBEAT_S = 30
 STALE_AFTER_S = 120
 # Stored with the study and checked when it is resumed: trials run with other inputs would not compare.
@@ -52,7 +54,8 @@ class TuneOptions:
         study_name: Name of the study inside that file.
         space: Search space file; None: the built-in `lightning_mf/tuning/space.yaml`.
         seed: Seed of the TPE sampler.
-        pruner: `median` (Optuna's MedianPruner), `halving` (SuccessiveHalvingPruner) or `none`.
+        pruner: `overfit` (`pruners.OverfitPruner` over a loose PercentilePruner), `median`
+            (Optuna's MedianPruner), `halving` (SuccessiveHalvingPruner) or `none`.
         objective: `last` or `best` epoch's `val/rmse` (see `FitObjective`).
         startup_trials: Trials sampled at random before TPE models the results (and before the
             median pruner prunes).
@@ -67,7 +70,7 @@ class TuneOptions:
     study_name: str = "tune"
     space: Path | None = None
     seed: int = 42
-    pruner: PrunerKind = "median"
+    pruner: PrunerKind = "overfit"
     objective: Objective = "last"
     startup_trials: int = 10
 
@@ -81,10 +84,12 @@ class TuneOptions:
             raise DataError(f"--timeout must be > 0 seconds, found {self.timeout}")
         if self.startup_trials < 0:
             raise DataError(f"--startup_trials must be >= 0, found {self.startup_trials}")
-        if self.pruner not in ("median", "halving", "none"):
-            raise DataError(f"--pruner must be median, halving or none, found {self.pruner!r}")
+        if self.pruner not in ("overfit", "median", "halving", "none"):
+            raise DataError(f"--pruner must be overfit, median, halving or none, found {self.pruner!r}")
         if self.objective not in ("last", "best"):
             raise DataError(f"--objective must be last or best, found {self.objective!r}")
+        if not self.study_name:
+            raise DataError("--study_name must not be empty")
         if not self.configs:
             raise DataError("tune needs the configs of the fit to tune: --config FILE (repeatable)")
         for config in self.configs:
@@ -110,11 +115,15 @@ class TuneResult:
     plot: Path
 
 
-def make_pruner(kind: PrunerKind, startup_trials: int) -> optuna.pruners.BasePruner:
-    """The pruner, over the percent-of-fit steps `TrialPruning` reports (10, 20, ..., 100)."""
+def make_pruner(kind: PrunerKind, startup_trials: int, objective: Objective) -> optuna.pruners.BasePruner:
+    """The pruner, over the percent-of-fit steps `TrialPruning` reports (10, 20, ..., 100); `pruners`
+    says why `overfit` is the default and the median rule is not."""
+    # Not before 20% of a fit: the first validations, at full learning rate, rank trials poorly.
+    options = {"n_startup_trials": min(startup_trials, 5), "n_warmup_steps": 20}
+    if kind == "overfit":
+        return OverfitPruner(optuna.pruners.PercentilePruner(LOOSE_PERCENTILE, **options), objective)
     if kind == "median":
-        # Not before 20% of a fit: the first validations, at full learning rate, rank trials poorly.
-        return optuna.pruners.MedianPruner(n_startup_trials=min(startup_trials, 5), n_warmup_steps=20)
+        return optuna.pruners.MedianPruner(**options)
     if kind == "halving":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=10, reduction_factor=3)
     return optuna.pruners.NopPruner()
@@ -124,12 +133,17 @@ def open_study(options: TuneOptions, space: SearchSpace) -> optuna.Study:
     """Creates the study, or loads it to resume after checking it was run with the same inputs."""
     path = options.study_path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
-        storage = optuna.storages.RDBStorage(
-            f"sqlite:///{path.resolve()}", heartbeat_interval=HEARTBEAT_S, grace_period=STALE_AFTER_S
-        )
-    resuming = options.study_name in optuna.get_all_study_names(storage)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
+            storage = optuna.storages.RDBStorage(
+                f"sqlite:///{path.resolve()}", heartbeat_interval=HEARTBEAT_S, grace_period=STALE_AFTER_S
+            )
+        resuming = options.study_name in optuna.get_all_study_names(storage)
+    except SQLAlchemyError as error:
+        reason = getattr(error, "orig", None) or error
+        raise DataError(f"--study {path}: cannot open it as an Optuna SQLite study ({reason}); "
+                        "give a new file name or an existing study file") from error
     trials_before = 0
     if resuming:
         trials_before = len(optuna.load_study(study_name=options.study_name, storage=storage).trials)
@@ -141,13 +155,13 @@ def open_study(options: TuneOptions, space: SearchSpace) -> optuna.Study:
         )
     study = optuna.create_study(
         storage=storage, study_name=options.study_name, direction="minimize", sampler=sampler,
-        pruner=make_pruner(options.pruner, options.startup_trials), load_if_exists=True,
+        pruner=make_pruner(options.pruner, options.startup_trials, options.objective), load_if_exists=True,
     )  # fmt: skip
     identity: dict[str, Any] = {
         "configs": [str(c) for c in options.configs], "extra_args": list(options.extra_args),
         "space": space.describe(), "objective": options.objective,
     }  # fmt: skip
-    if not resuming:
+    if not resuming or not finished_trials(study):  # nothing to compare with yet: (re)start with these inputs
         for key in IDENTITY_KEYS:
             study.set_user_attr(key, identity[key])
         study.set_user_attr("space_file", space.source)

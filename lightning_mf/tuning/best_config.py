@@ -20,11 +20,12 @@ import yaml
 from optuna.trial import TrialState
 
 import lightning_mf
+from lightning_mf.tuning.reports import run_trials
 from lightning_mf.tuning.space import DEFAULT_SPACE, SearchSpace
 
 
 def _counts(study: optuna.Study) -> str:
-    trials = study.get_trials(deepcopy=False)
+    trials = run_trials(study)
     labels = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
     parts = [f"{sum(t.state == state for t in trials)} {label}" for state, label in labels.items()]
     return f"{len(trials)} trials ({', '.join(parts)})"

@@ -19,7 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
-from lightning_mf.tuning.reports import last_val
+from lightning_mf.tuning.reports import last_val, run_trials
 
 SIZE = (12.0, 4.6)  # inches
 DPI = 100
@@ -102,7 +102,7 @@ def _clip(ax: Axes, values: list[float]) -> None:
 
 def plot_search(study: optuna.Study, path: Path, title: str = "") -> None:
     """Draws the study's search (see the module docstring) into the PNG `path`."""
-    trials = study.get_trials(deepcopy=False)
+    trials = run_trials(study)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = min(complete, key=lambda t: t.value) if complete else None
     figure = Figure(figsize=SIZE, dpi=DPI)

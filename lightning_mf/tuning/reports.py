@@ -20,6 +20,11 @@ STATE_ORDER = {TrialState.COMPLETE: 0, TrialState.PRUNED: 1, TrialState.FAIL: 2,
                TrialState.WAITING: 4}
 
 
+def run_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's trials that started (a queued trial still waiting has nothing to report)."""
+    return [trial for trial in study.get_trials(deepcopy=False) if trial.state != TrialState.WAITING]
+
+
 def short_names(keys: list[str]) -> dict[str, str]:
     """Each dotted option by its last part (`model.optimizer.init_args.lr` -> `lr`), unless two share it."""
     last = [key.rsplit(".", 1)[-1] for key in keys]
@@ -40,7 +45,7 @@ def last_val(trial: FrozenTrial) -> float | None:
 
 def trial_rows(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
     """The searched option names (in first-seen order) and one row per trial, by number."""
-    trials = study.get_trials(deepcopy=False)
+    trials = run_trials(study)
     keys: list[str] = []
     for trial in trials:
         keys += [key for key in trial.params if key not in keys]
@@ -78,7 +83,7 @@ def write_tables(study: optuna.Study, csv_path: Path, markdown_path: Path) -> No
         writer.writeheader()
         writer.writerows(rows)
     names = short_names(keys)
-    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    states = {t.number: t.state for t in run_trials(study)}
     ordered = sorted(rows, key=lambda row: (STATE_ORDER.get(states[row["trial"]], 9),
                                             row["value"] if row["value"] is not None else float("inf"),
                                             row["trial"]))

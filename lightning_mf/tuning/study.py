@@ -246,17 +246,30 @@ def run_tune(options: TuneOptions, echo: Callable[[str], None] = print) -> TuneR
         nonlocal best_config
         echo(progress_line(study, trial, options, time.monotonic() - started, names))
         best_config = write_reports(study, options, space, tables)
+        more = remaining is None or len(finished_trials(study)) < options.trials
+        if more and (deadline is None or time.monotonic() < deadline):
+            enqueue_alternate(study, space)
 
     try:
         if remaining is not None and remaining <= 0:
             echo(f"the study already has {done} finished trials (--trials {options.trials}): nothing to run")
         else:
+            enqueue_alternate(study, space)
             study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(TrialFailed,),
                            callbacks=[after_trial], gc_after_trial=True)
     finally:
         best_config = write_reports(study, options, space, tables)
         plot_search(study, plot, title=f"tune: study {options.study_name!r}, {options.study_path.name}")
     return TuneResult(study, best_config, tables, plot)
+
+
+def enqueue_alternate(study: optuna.Study, space: SearchSpace) -> None:
+    """Queues the next trial with the alternated option's next choice (the sampler picks the rest),
+    unless the space alternates nothing or a queued trial is waiting already."""
+    trials = study.get_trials(deepcopy=False)
+    if space.alternated is None or any(trial.state == TrialState.WAITING for trial in trials):
+        return
+    study.enqueue_trial(space.next_alternate(trials))
 
 
 def write_reports(study: optuna.Study, options: TuneOptions, space: SearchSpace,

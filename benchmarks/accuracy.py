@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import torch
+from machine import cpu_model
 
 from lightning_mf.prepare.options import PrepareOptions
 from lightning_mf.prepare.pipeline import prepare_dataset
@@ -110,16 +111,31 @@ def prepare_splits(data_root: Path, work: Path, only: set[str] | None = None) ->
     return splits
 
 
+# lightning_mf's recipes beside the committed configs (the headline): the same recipe with the exact
+# SVD++ term on the autograd sparse path (how the configs trained before the fast path covered it),
+# and without the SVD++ term. Each is a list of overrides after the committed config.
+VARIANTS = {
+    "lightning_mf": [],
+    "lightning_mf exact SVD++ (autograd)": ["--model.optimizer", "torch.optim.SGD", "--model.optimizer.lr", "0.01"],
+    "lightning_mf no SVD++": ["--model.implicit_feedback", "false"],
+    # configs/full25m.yaml's recipe (row-wise Adagrad, large batches) in place of the split's config,
+    # at a batch these 100K-rating sets can fill (16,384) and twice its epochs.
+    "lightning_mf full25m recipe": ["--config", str(REPO / "configs" / "full25m.yaml"), "--data.batch_size", "16384",
+                                    "--trainer.max_epochs", "40", "--trainer.logger.init_args.name", "full25m"],
+}
+
+
 def run_lightning_mf(split: Split, work: Path, configs: list[Path] | None = None,
                      system: str = "lightning_mf", search_s: float = 0.0) -> Score:
     """Fit on `split`'s training part with `configs` (default: base.yaml and the committed dataset
-    config), then test the final weights; `search_s` is added to the fit time."""
+    config) and the variant's overrides, then test the final weights; `search_s` is added to the fit time."""
     from lightning_mf.cli import build_cli
 
     args = []
     for config in configs or [REPO / "configs" / "base.yaml", split.config]:
         args += ["--config", str(config)]
     args += [
+        *VARIANTS.get(system, []),
         "--data.data_dir", str(split.folder), "--data.prepare", "null",
         "--trainer.logger.init_args.save_dir", str(work / "runs"),
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
@@ -167,7 +183,7 @@ def run_tuned(split: Split, work: Path, seconds: float, seed: int) -> tuple[Scor
 def run_surprise_grid(split: Split, work: Path) -> Score:
     """Surprise's GridSearchCV over SVD (SURPRISE_GRID, 3-fold CV) on the training rows, refit on all
     of them, tested on the test rows."""
-    from surprise import SVD, Dataset, Reader, accuracy
+    from surprise import SVD, Dataset, accuracy
     from surprise.model_selection import GridSearchCV, KFold
 
     train_csv, test_csv, reader = _surprise_files(split, work)
@@ -225,7 +241,7 @@ def run_surprise(split: Split, algorithm: str, work: Path) -> Score:
 def summarize(scores: list[Score]) -> list[dict]:
     """Mean over splits per dataset and system, in the shape `--json` promises."""
     results = []
-    keys = sorted({(s.dataset, s.system) for s in scores}, key=lambda k: (k[0], k[1] != "lightning_mf", k[1]))
+    keys = sorted({(s.dataset, s.system) for s in scores}, key=lambda k: (k[0], not k[1].startswith("lightning_mf"), k[1]))
     for dataset, system in keys:
         rows = [s for s in scores if s.dataset == dataset and s.system == system]
         results.append(
@@ -267,17 +283,6 @@ def markdown(scores: list[Score], results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine() -> str:
     return (
         f"{platform.machine()} {cpu_model()}, {os.cpu_count()} cores, "
@@ -290,6 +295,8 @@ def main() -> None:
     parser.add_argument("--data_root", type=Path, default=REPO.parent / "shared" / "data",
                         help="Folder holding ml-100k/ and ml-latest-small/ (default: ../shared/data).")
     parser.add_argument("--quick", action="store_true", help="Only lightning_mf (no Surprise).")
+    parser.add_argument("--variants", action="store_true",
+                        help="Also lightning_mf's recipe with the exact SVD++ term (autograd) and without SVD++.")
     parser.add_argument("--json", type=Path, default=None, help="Also write the results here.")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for lightning_mf (default 1).")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep datasets and runs here (default: temp).")
@@ -313,7 +320,8 @@ def main() -> None:
     warnings.filterwarnings("ignore", ".*could not find the monitored key.*")
     warnings.filterwarnings("ignore", ".*across ranks is zero.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-    systems = ["lightning_mf"] if args.quick else ["lightning_mf", "surprise-svd", "surprise-svdpp"]
+    ours = list(VARIANTS) if args.variants else ["lightning_mf"]
+    systems = ours if args.quick else [*ours, "surprise-svd", "surprise-svdpp"]
     if args.tune is not None:
         systems += ["lightning_mf-tuned"] if args.quick else ["lightning_mf-tuned", "surprise-svd-grid"]
     if not args.quick:
@@ -329,8 +337,8 @@ def main() -> None:
         scores, tuned = [], []
         for split in splits:
             for system in systems:
-                if system == "lightning_mf":
-                    score = run_lightning_mf(split, work)
+                if system in VARIANTS:
+                    score = run_lightning_mf(split, work, system=system)
                 elif system == "lightning_mf-tuned":
                     score, found = run_tuned(split, work, args.tune, args.tune_seed)
                     tuned.append(found)

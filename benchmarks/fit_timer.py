@@ -33,6 +33,8 @@ class FitTimer(pl.Callback):
     `peak_rss_mb` (the fit process's peak resident set), `device`, `precision`, `torch_threads`,
     `torch`, `lightning`, `python`.
 
+    Under DDP every rank writes its own file, `<path stem>.rank<r><suffix>`.
+
     Args:
         path: JSON file to write when the fit ends.
         warmup_batches: Batches run before the clock starts (at least 1: the first batch pays
@@ -145,8 +147,12 @@ class FitTimer(pl.Callback):
             "lightning": pl.__version__,
             "python": platform.python_version(),
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(figures, indent=2) + "\n")
+        figures["rank"], figures["world_size"] = trainer.global_rank, trainer.world_size
+        path = self.path
+        if trainer.world_size > 1:  # every rank times itself: rank r writes <name>.rank<r>.json
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 def _device_name(device: torch.device) -> str:

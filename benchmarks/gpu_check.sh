@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The GPU check, in one go, on a machine with an NVIDIA GPU and no network (about 4-6 minutes,
+# The GPU check, in one go, on a machine with an NVIDIA GPU and no network (about 5-7 minutes,
 # capped at 8): installs the carried wheels and the project, generates the synthetic 25M-rating
-# set, runs benchmarks/throughput.py on the GPU in fp32 and in bf16-mixed, then the `gpu`-marked
-# tests. Figures and logs go to $OUT (or ./gpu_results when OUT is unset):
+# set, runs benchmarks/throughput.py on the GPU in fp32 and with bfloat16 tables (bf16-true), then
+# one epoch of the recommended model (configs/full25m.yaml: SVD++ term, batch auto = 262,144) in
+# both precisions, then the `gpu`-marked tests. Figures and logs go to $OUT (or ./gpu_results):
 #
 #   gpu_check.log            everything printed
 #   throughput_fp32.json     benchmarks/throughput.py --json, precision 32-true
-#   throughput_bf16.json     the same in bf16-mixed
-#   summary.md               the two runs side by side and each step's status
+#   throughput_bf16.json     the same with bf16-true
+#   full25m_fp32.json        one epoch of configs/full25m.yaml, 32-true (target: at most 3 s)
+#   full25m_bf16.json        the same, bf16-true
+#   summary.md               the runs side by side and each step's status
 #
 # Before: `bash benchmarks/fetch_gpu_wheels.sh` (here, with network) fills .whl/ with what the GPU
 # image lacks (polars, jsonargparse and its signature extras); carry .whl with the working tree.
@@ -88,13 +91,18 @@ print('polars', polars.__version__, 'jsonargparse', jsonargparse.__version__, 'l
 # The 25M set is made by the first benchmark run (about 20 s) and reused by the second.
 step throughput_fp32 "$PY" benchmarks/throughput.py "${bench[@]}" --precision 32-true --skip surprise \
     --json "$RESULTS/throughput_fp32.json"
-step throughput_bf16 "$PY" benchmarks/throughput.py "${bench[@]}" --precision bf16-mixed --skip surprise \
+step throughput_bf16 "$PY" benchmarks/throughput.py "${bench[@]}" --precision bf16-true --skip surprise seed loader \
     --json "$RESULTS/throughput_bf16.json"
+for precision in fp32 bf16; do
+    [[ $precision == fp32 ]] && flag=32-true || flag=bf16-true
+    step "full25m_$precision" "$PY" benchmarks/throughput.py "${bench[@]}" --precision "$flag" \
+        --fast_config configs/full25m.yaml --skip surprise seed loader --json "$RESULTS/full25m_$precision.json"
+done
 step gpu_tests "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
 
 say "summary"
 STEPS=""
-for name in wheels project imports throughput_fp32 throughput_bf16 gpu_tests; do
+for name in wheels project imports throughput_fp32 throughput_bf16 full25m_fp32 full25m_bf16 gpu_tests; do
     STEPS+="$name=${STATUS[$name]:-not run};"
 done
 "$PY" - "$RESULTS" "$STEPS" "$SECONDS" <<'PYTHON' | tee "$RESULTS/summary.md"
@@ -102,7 +110,8 @@ import json, sys
 from pathlib import Path
 
 results, steps, seconds = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
-runs = {p: results / f"throughput_{p}.json" for p in ("fp32", "bf16")}
+runs = {name: results / f"{name}.json" for name in ("throughput_fp32", "throughput_bf16", "full25m_fp32",
+                                                    "full25m_bf16")}
 runs = {p: json.loads(f.read_text()) for p, f in runs.items() if f.is_file()}
 print(f"# GPU check ({seconds} s)\n")
 for entry in filter(None, steps.split(";")):
@@ -110,7 +119,7 @@ for entry in filter(None, steps.split(";")):
     print(f"- {name}: {status}")
 if runs:
     first = next(iter(runs.values()))
-    print(f"\n{first['device']}; torch {first['torch']}, lightning {first['lightning']}; "
+    print(f"\n{first['device']} ({first['machine']}); torch {first['torch']}, lightning {first['lightning']}; "
           f"{first['rows']:,} ratings ({first['train_rows']:,} train), batch {first['batch_size']:,}\n")
     rows = [
         ("fast path, M ratings/s", "lmf_ratings_per_s", 1e6, 2),

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from machine import describe
 
 CHILD = """
 import json, resource, sys, time
@@ -44,12 +45,6 @@ def run_child(body: str, *args: str) -> dict[str, float]:
         [sys.executable, "-c", CHILD.format(body=body), *args], check=True, capture_output=True, text=True
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def machine() -> str:
-    import os
-
-    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -81,13 +76,13 @@ def main() -> None:
         "polars streaming CSV -> Parquet copy (reference)": copy,
         "lightning_mf prepare (validate, index, split, shuffle, write)": prepared,
     }
-    print(f"\n{args.rows:,} ratings, {size_mb:,.0f} MB CSV; machine: {machine()}")
+    print(f"\n{args.rows:,} ratings, {size_mb:,.0f} MB CSV; machine: {describe()}")
     print(f"splits: {json.dumps(meta['splits'])}")
     print("| step | seconds | peak RSS (MB) |\n|---|---:|---:|")
     for name, figures in rows.items():
         print(f"| {name} | {figures['seconds']:.1f} | {figures['peak_rss_mb']:,.0f} |")
     if args.json:
-        payload = {"rows": args.rows, "machine": machine(), "csv_mb": size_mb, "copy": copy, "prepare": prepared}
+        payload = {"rows": args.rows, "machine": describe(), "csv_mb": size_mb, "copy": copy, "prepare": prepared}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
 
 

@@ -13,7 +13,7 @@ In one run, each in its own child process:
    Adagrad in closed form, `lightning_mf.training.fused.FusedRowAdagrad`, large batches) for one epoch, or
    `--steps`; a callback (`benchmarks/fit_timer.py`) times it from inside, start-up and the first
    batch left out;
-4. seed config: the experiment log's configuration (`configs/base.yaml` + `configs/full25m.yaml`:
+4. seed config: the experiment log's configuration (`configs/base.yaml` + `configs/log-ml25m-final.yaml`:
    batch 256, dense Adam with weight decay 1e-5, dim 128, dropout 0.05) for `--seed_steps` steps,
    its epoch extrapolated;
 5. Surprise: `surprise.SVD` with 128 factors on `--surprise_rows` training ratings over the full
@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -43,10 +42,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import describe
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(__file__).resolve().parent
 FAST_CONFIG = REPO / "configs" / "throughput.yaml"
-SEED_CONFIGS = (REPO / "configs" / "base.yaml", REPO / "configs" / "full25m.yaml")
+SEED_CONFIGS = (REPO / "configs" / "base.yaml", REPO / "configs" / "log-ml25m-final.yaml")
 ML25M_USERS, ML25M_ITEMS = 162_541, 59_047
 SPLIT_FRACTION = 0.02  # val and test each: 96% of the ratings train
 DEFAULT_BATCH = {"cpu": 32_768, "cuda": 262_144}
@@ -156,7 +157,7 @@ def fit_args(configs: list[Path], data_dir: Path, timer: Path, work: Path, args:
     accelerator = "gpu" if args.device == "cuda" else "cpu"
     callback = {"class_path": "fit_timer.FitTimer", "init_args": {"path": str(timer)}}
     return command + [
-        "--data.data_dir", str(data_dir),
+        "--data.data_dir", str(data_dir), "--data.prepare", "null",  # the configs' sources would be prepared otherwise
         "--trainer.accelerator", accelerator, "--trainer.devices", "1", "--trainer.precision", args.precision,
         "--trainer.callbacks", json.dumps([callback]),
         "--trainer.logger.init_args.save_dir", str(work / "runs"),
@@ -173,7 +174,8 @@ def measure_loader(args: argparse.Namespace, data_dir: Path, env: dict[str, str]
 
 def measure_fast(args: argparse.Namespace, data_dir: Path, env: dict[str, str], work: Path) -> dict[str, Any]:
     timer = work / "fast.json"
-    command = fit_args([FAST_CONFIG], data_dir, timer, work, args) + ["--data.batch_size", str(args.batch_size)]
+    command = fit_args([args.fast_config], data_dir, timer, work, args) + [
+        "--data.batch_size", str(args.batch_size), "--trainer.max_epochs", "1"]
     if args.steps:
         command += ["--trainer.max_steps", str(args.steps)]
     command += args.fit_overrides
@@ -187,7 +189,6 @@ def measure_fast(args: argparse.Namespace, data_dir: Path, env: dict[str, str], 
 def measure_seed(args: argparse.Namespace, data_dir: Path, env: dict[str, str], work: Path) -> dict[str, Any]:
     timer = work / "seed.json"
     command = fit_args(list(SEED_CONFIGS), data_dir, timer, work, args) + [
-        "--data.prepare", "null",  # full25m.yaml would fetch ml-25m otherwise
         "--trainer.max_steps", str(args.seed_steps), "--trainer.limit_val_batches", "0",
     ]
     run_child(command, env, work, work / "seed.log")
@@ -202,19 +203,6 @@ def measure_surprise(args: argparse.Namespace, data_dir: Path, env: dict[str, st
     command = [sys.executable, "-c", SURPRISE, str(data_dir / "train.parquet"), str(args.surprise_rows),
                str(args.users), str(args.items), "128", str(args.surprise_epochs)]
     return last_json(run_child(command, env, work, work / "surprise.log"))
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    system = f"{platform.system()} {platform.release()}"
-    return f"{cpu}, {os.cpu_count()} cores, {system}, Python {platform.python_version()}"
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -235,8 +223,10 @@ def summarize(args: argparse.Namespace, meta: dict[str, Any], parts: dict[str, d
     return {
         "device": fast.get("device", args.device),
         "fit_overrides": args.fit_overrides,
+        "fast_config": str(args.fast_config.relative_to(REPO) if args.fast_config.is_relative_to(REPO)
+                           else args.fast_config),
         "precision": args.precision,
-        "machine": machine(),
+        "machine": describe(),
         "torch": fast.get("torch"),
         "lightning": fast.get("lightning"),
         "threads": fast.get("torch_threads"),
@@ -296,8 +286,8 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         "| what | M ratings/s | epoch (s) | notes |",
         "|---|---:|---:|---|",
-        f"| lightning_mf fast path (fit, dim 128, "
-        f"{'configs/throughput.yaml with the overrides above' if r.get('fit_overrides') else 'FusedRowAdagrad'}, "
+        f"| lightning_mf fast path (fit, {r['fast_config']}"
+        f"{' with the overrides above' if r.get('fit_overrides') else ''}, {r['precision']}, "
         f"batch {r['batch_size']:,}) | "
         f"{fmt(r['lmf_ratings_per_s'], m, 3)} | {fmt(r['epoch_s'], 1, 1)} | {r['epoch_s_kind']}; "
         f"first step (compiling, if enabled) {fmt(r.get('warmup_s'), 1, 1)} s, in the epoch but not the rate; "
@@ -332,7 +322,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache_dir", type=Path, default=REPO / "data" / "benchmarks",
                         help="Where prepared datasets are kept and reused.")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true")
+    parser.add_argument("--precision", choices=("32-true", "bf16-true"), default="32-true",
+                        help="bf16-true: the fast path's tables in bfloat16, stochastically rounded (bf16-mixed "
+                             "changes nothing on it and is refused).")
+    parser.add_argument("--fast_config", type=Path, default=FAST_CONFIG,
+                        help="The fast path's config (default configs/throughput.yaml; configs/full25m.yaml is "
+                             "the recommended model, SVD++ term included); one epoch of it is timed.")
     parser.add_argument("--batch_size", type=int, default=None,
                         help=f"Fast-path batch size (default {DEFAULT_BATCH['cpu']:,} on CPU, "
                              f"{DEFAULT_BATCH['cuda']:,} on CUDA).")
@@ -354,6 +349,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="After `--`: more `fit` arguments for the fast path, e.g. "
                              "`-- --model.optimizer.init_args.threads 1`.")
     args = parser.parse_args(argv)
+    args.fast_config = args.fast_config.resolve()  # the fits run in a scratch folder
+    if not args.fast_config.is_file():
+        parser.error(f"--fast_config: no such file: {args.fast_config}")
     if args.quick:
         args.seed_steps = min(args.seed_steps, 20)
         args.surprise_rows = min(args.surprise_rows, 20_000)

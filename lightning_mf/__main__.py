@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from lightning_mf.errors import DataError
+from lightning_mf.errors import DataError, TrainingDiverged
 
 PROG = "python -m lightning_mf"
 
@@ -19,7 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fit": ("lightning_mf.cli:fit", "train a model: fit --config configs/quickstart.yaml"),
     "validate": ("lightning_mf.cli:validate", "report val RMSE / MAE of a checkpoint (--ckpt_path)"),
     "test": ("lightning_mf.cli:test", "report test RMSE / MAE of a checkpoint (--ckpt_path)"),
-    "predict": ("lightning_mf.cli:predict", "predict ratings of the test (or val) split with a checkpoint"),
+    "predict": ("lightning_mf.inference.commands:predict", "predict a split (--config, --ckpt_path), or pairs by raw id (--pairs FILE)"),
+    "recommend": ("lightning_mf.inference.commands:recommend", "top-K items per user by raw id, rated items left out"),
+    "export": ("lightning_mf.inference.commands:export", "a model's factors, biases and id maps as Parquet and .npy"),
+    "serve": ("lightning_mf.inference.serve_command:main", "HTTP JSON API (LitServe): POST /predict, POST /recommend, GET /health"),
     "experiments": ("lightning_mf.experiments.command:main", "run a folder of experiment configs in order: experiments run DIR"),
     "report": ("lightning_mf.experiments.report:main", "table and learning-curve PNGs of a runs folder, from TensorBoard events"),
     "tune": ("lightning_mf.tuning.command:main", "search a fit's settings with Optuna, on validation: tune --config ... --timeout 600"),
@@ -59,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

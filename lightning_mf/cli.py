@@ -111,6 +111,16 @@ class MFLightningCLI(LightningCLI):
                 callback.overwrite = True  # the same job's config, saved again into its own folder
 
 
+    def after_fit(self) -> None:
+        """Says where the best epoch's checkpoint is (what `test` should score after early stopping)."""
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "")
+        score = getattr(callback, "best_model_score", None)
+        if best and score is not None and getattr(callback, "monitor", None):
+            rank_zero_info(f"best checkpoint ({callback.monitor} {float(score):.4f}): {best}; score it with "
+                           f"`python -m lightning_mf test --config ... --ckpt_path {best}`")
+
+
 def _with_default_plugins(plugins: Any) -> list[Any]:
     """The trainer's plugins plus ours where none of the kind is given: atomic checkpoint files and,
     under SLURM, its cluster environment without Lightning's requeue handler (`preemption` does it)."""

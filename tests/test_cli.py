@@ -34,7 +34,7 @@ def run(args: list[str], cwd: Path, timeout: float = 300) -> subprocess.Complete
 def test_help_lists_every_command(tmp_path: Path) -> None:
     result = run(["--help"], tmp_path)
     assert result.returncode == 0
-    for command in ("prepare", "fit", "validate", "test", "predict"):
+    for command in ("prepare", "fit", "validate", "test", "predict", "recommend", "export", "serve"):
         assert f"\n  {command} " in result.stdout
     assert run([], tmp_path).returncode == 2
     unknown = run(["train"], tmp_path)
@@ -99,12 +99,20 @@ def test_test_reports_rmse_and_predict_writes_parquet(fitted: Path) -> None:
     result = run(["test", "--config", str(QUICKSTART), *SMALL, "--ckpt_path", str(checkpoint)], fitted)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "test/rmse" in result.stdout
+    assert "test/full_ndcg@10" in result.stdout and "test/popular_recall@10" in result.stdout
     out = fitted / "predictions.parquet"
     result = run(["predict", "--config", str(QUICKSTART), *SMALL, "--ckpt_path", str(checkpoint),
                   "--predictions.path", str(out)], fitted)
     assert result.returncode == 0, result.stderr[-4000:]
     table = pq.read_table(out)
-    assert table.column_names == ["user", "item", "rating", "prediction"] and table.num_rows > 0
+    assert table.column_names == ["user", "item", "rating", "prediction", "user_raw_id", "item_raw_id", "fallback"]
+    assert table.num_rows > 0
+    # Raw ids beside the indices, as the dataset's id tables map them; every test user was trained.
+    for side in ("user", "item"):
+        raw_ids = pq.read_table(fitted / "data" / "quickstart" / f"{side}s.parquet").column("raw_id").to_numpy()
+        np.testing.assert_array_equal(table.column(f"{side}_raw_id").to_numpy(),
+                                      raw_ids[table.column(side).to_numpy()])
+    assert set(table.column("fallback").to_pylist()) <= {"model", "user unseen", "item unseen", "global mean"}
     # The rows are the test split's, in order, and each prediction is the checkpoint's model's own.
     split = pq.read_table(fitted / "data" / "quickstart" / "test.parquet")
     for name in ("user", "item", "rating"):
@@ -134,3 +142,29 @@ def test_checkpointing_off_drops_the_default_checkpoint(fitted: Path) -> None:
     assert result.returncode == 0, result.stderr[-4000:]
     run_dir = fitted / "runs" / "no_checkpoints" / "version_0"
     assert (run_dir / "config.yaml").is_file() and not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_recommend_reads_a_fit_checkpoint(fitted: Path, tmp_path: Path) -> None:
+    """`recommend` on what `fit` wrote: every user's top 5, scored as the LightningModule predicts."""
+    from lightning_mf.__main__ import main
+
+    checkpoint = fitted / "runs" / "quickstart" / "version_0" / "checkpoints" / "last.ckpt"
+    data = fitted / "data" / "quickstart"
+    out = tmp_path / "recs.parquet"
+    assert main(["recommend", "--ckpt_path", str(checkpoint), "--data_dir", str(data), "--k", "5",
+                 "--out", str(out)]) == 0
+    recs = pq.read_table(out)
+    users = pq.read_table(data / "users.parquet")
+    assert recs.num_rows == 5 * users.num_rows
+    index = {name: {raw: i for i, raw in enumerate(pq.read_table(data / f"{name}s.parquet").column("raw_id")
+                                                   .to_pylist())} for name in ("user", "item")}
+    user = torch.tensor([index["user"][raw] for raw in recs.column("user").to_pylist()])
+    item = torch.tensor([index["item"][raw] for raw in recs.column("item").to_pylist()])
+    model = RatingPredictor.load_from_checkpoint(checkpoint, map_location="cpu").model.eval()
+    with torch.no_grad():
+        expected = model(user, item).numpy()
+    np.testing.assert_allclose(recs.column("score").to_numpy(), expected, rtol=0, atol=1e-5)
+    train = pq.read_table(data / "train.parquet")
+    rated = set(zip(train.column("user").to_pylist(), train.column("item").to_pylist()))
+    assert not rated & set(zip(user.tolist(), item.tolist()))

@@ -48,7 +48,7 @@ def test_unprepared_folder_and_bad_settings_are_data_errors(tmp_path: Path) -> N
     with pytest.raises(DataError, match="meta.json not found: .* is not a prepared dataset folder"):
         RatingsDataModule(str(tmp_path / "missing"))
     make_dataset(tmp_path)
-    with pytest.raises(DataError, match="data.batch_size must be >= 1, found 0"):
+    with pytest.raises(DataError, match="data.batch_size must be an integer >= 1 or auto, found 0"):
         RatingsDataModule(str(tmp_path), batch_size=0)
     with pytest.raises(DataError, match="data.seed must be >= 0, found -1"):
         RatingsDataModule(str(tmp_path), seed=-1)
@@ -78,7 +78,7 @@ def test_epoch_and_rank_come_from_the_trainer(tmp_path: Path) -> None:
     make_dataset(tmp_path, train_rows=501, row_group_size=64)
     seen, lengths = [], []
     for rank in range(2):
-        dm = RatingsDataModule(str(tmp_path), batch_size=50, shuffle_window=128, seed=5)
+        dm = RatingsDataModule(str(tmp_path), batch_size=100, shuffle_window=128, seed=5)  # 50 per rank
         dm.trainer = SimpleNamespace(current_epoch=3, global_rank=rank, world_size=2)  # type: ignore[assignment]
         loader = dm.train_dataloader()
         batches = pairs(loader)

@@ -47,7 +47,8 @@ class Recorder(pl.Callback):
 
 
 data_dir, out, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3])
-dm = RatingsDataModule(data_dir, batch_size=32, eval_batch_size=50, shuffle_window=100, seed=3)
+# batch_size is the global batch: 32 ratings per rank per step.
+dm = RatingsDataModule(data_dir, batch_size=64, eval_batch_size=50, shuffle_window=100, seed=3)
 model = RatingPredictor(dm.num_users, dm.num_items, dm.rating_min, dm.rating_max, dm.global_mean, embedding_dim=4)
 trainer = pl.Trainer(
     accelerator="cpu", devices=2, strategy="ddp", max_epochs=epochs, logger=False,
@@ -78,7 +79,7 @@ def test_ddp_sees_every_rating_once_per_epoch(tmp_path: Path) -> None:
     table = read_split(data, "train")
     expected = Counter(zip(*(table.column(name).to_pylist() for name in ("user", "item", "rating"))))
     summaries = [json.loads((out / f"rank{rank}.json").read_text()) for rank in range(2)]
-    # 1001 ratings over 2 ranks: 500 and 501, batch 32 -> 16 batches each, the last of 20 or 21.
+    # 1001 ratings over 2 ranks: 500 and 501, 32 per rank -> 16 batches each, the last of 20 or 21.
     assert [s["num_training_batches"] for s in summaries] == [16, 16]
     for epoch in range(EPOCHS):
         assert [s["batches"][str(epoch)] for s in summaries] == [16, 16]

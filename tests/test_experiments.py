@@ -167,7 +167,7 @@ def test_shipped_series_reproduce_the_top_level_configs(capsys: pytest.CaptureFi
     full = _merged(list(ml["02-all-25m"].configs), capsys)
     assert full["data"]["prepare"]["subset"] is None and full["model"] == subset["model"]
     assert _relevant(_merged(list(ml["03-dim128-dropout-0.05-decay-1e-5"].configs), capsys)) == _relevant(
-        _merged([configs / "base.yaml", configs / "full25m.yaml"], capsys))
+        _merged([configs / "base.yaml", configs / "log-ml25m-final.yaml"], capsys))
 
 
 def test_list_prints_the_plan(tmp_path: Path) -> None:

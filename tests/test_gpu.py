@@ -1,4 +1,4 @@
-"""The training paths on a CUDA device: the CLI in fp32 and bf16-mixed (the fast-path config), the
+"""The training paths on a CUDA device: the CLI in fp32, bf16-mixed (dense and sparse paths) and bf16-true (the fast path), the
 sparse and fused row updates without host syncs, and checkpoints that reload on the GPU. Every
 test here is marked `gpu` and skipped without CUDA (see conftest.py); `benchmarks/gpu_check.sh`
 runs them on a GPU machine.
@@ -47,13 +47,18 @@ def random_batch(size: int, device: torch.device, seed: int = 0) -> RatingBatch:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-@pytest.mark.parametrize("configs, name", [(["quickstart.yaml"], "quickstart"),
-                                           (["quickstart.yaml", "throughput.yaml"], "throughput")],
-                         ids=["quickstart (RowAdam)", "throughput (FusedRowAdagrad)"])
+@pytest.mark.parametrize("configs, name, precision", [
+    (["quickstart.yaml"], "quickstart", "32-true"), (["quickstart.yaml"], "quickstart", "bf16-mixed"),
+    (["quickstart.yaml", "throughput.yaml"], "throughput", "32-true"),
+    (["quickstart.yaml", "throughput.yaml"], "throughput", "bf16-true"),  # the fast path's bfloat16 tables
+    (["quickstart.yaml", "full25m.yaml"], "full25m", "32-true"),
+], ids=["quickstart (RowAdam)", "quickstart bf16-mixed", "throughput (FusedRowAdagrad)", "throughput bf16-true",
+        "full25m (FusedRowAdagrad, SVD++)"])
 def test_cli_fits_and_tests_on_cuda(tmp_path: Path, precision: str, configs: list[str], name: str) -> None:
     args = [arg for config in configs for arg in ("--config", str(CONFIGS / config))]
     args += [*SMALL, "--trainer.precision", precision]
+    if "full25m.yaml" in configs:  # its data is ML-25M: a small synthetic set instead
+        args += ["--data.data_dir", "data/small", "--data.prepare.source", "synthetic"]
     fit = run_cli(["fit", *args], tmp_path)
     assert fit.returncode == 0, fit.stderr[-4000:]
     run_dir = tmp_path / "runs" / name / "version_0"

@@ -229,14 +229,16 @@ def test_a_mid_epoch_position_is_refused_with_other_batching(tmp_path: Path) -> 
 @pytest.mark.parametrize(("setting", "message"), [
     (dict(gradient_clip_val=1.0), r"gradient_clip_val=1.0 \(the update is applied in closed form and never clipped"),
     (dict(accumulate_grad_batches=4), r"accumulate_grad_batches=4 \(every batch is one update; raise data.batch_size"),
-    (dict(precision="16-mixed"), r"precision=16-mixed \(float16 needs gradient scaling.*use 32-true or bf16-mixed"),
+    (dict(precision="16-mixed"), r"precision=16-mixed \(float16 needs gradient scaling.*use 32-true, or bf16-true"),
+    (dict(precision="bf16-mixed"), r"precision=bf16-mixed \(mixed precision autocasts matrix products.*bf16-true"),
 ])
 def test_trainer_settings_the_fused_path_would_ignore_are_refused(setting: dict, message: str) -> None:
-    trainer = SimpleNamespace(**{**dict(gradient_clip_val=None, accumulate_grad_batches=1, precision="32-true"),
-                                 **setting})
+    trainer = SimpleNamespace(**{**dict(gradient_clip_val=None, accumulate_grad_batches=1, precision="32-true",
+                                        world_size=1, strategy=None), **setting})
     with pytest.raises(ValueError, match=message):
         check_trainer_for_fused(trainer)  # type: ignore[arg-type]
-    check_trainer_for_fused(SimpleNamespace(gradient_clip_val=None, accumulate_grad_batches=1, precision="bf16-mixed"))
+    check_trainer_for_fused(SimpleNamespace(gradient_clip_val=None, accumulate_grad_batches=1, precision="bf16-true",
+                                            world_size=1, strategy=None))
 
 
 def test_the_fused_path_refuses_gradient_clipping_through_the_trainer(tmp_path: Path) -> None:
@@ -251,12 +253,12 @@ def test_the_fused_path_refuses_gradient_clipping_through_the_trainer(tmp_path: 
     batch = RatingBatch(torch.arange(10, dtype=torch.int32), torch.arange(10, dtype=torch.int32), torch.full((10,), 3.0))
     trainer = pl.Trainer(max_epochs=1, gradient_clip_val=0.5, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    with pytest.raises(ValueError, match="FusedRowAdagrad cannot honour trainer.gradient_clip_val=0.5"):
+    with pytest.raises(ValueError, match="cannot honour trainer.gradient_clip_val=0.5"):
         trainer.fit(module, DataLoader([batch], batch_size=None))
 
 
 DDP_FIT = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-           "--data.batch_size", "48"]
+           "--data.batch_size", "96"]  # the global batch: 48 per rank
 
 
 @pytest.mark.slow

@@ -21,6 +21,9 @@ from lightning_mf.prepare.options import PrepareOptions
 
 MultiprocessingContext = Literal["spawn", "forkserver", "fork"]
 PREPARED_ROOT = Path("data/prepared")
+# `batch_size: auto`: the fast path's best batch per device (benchmarks/README.md).
+AUTO_BATCH_SIZE = {"cpu": 32_768, "cuda": 262_144}
+AUTO_STEPS_PER_EPOCH = 50  # `auto` never makes an epoch shorter than about this many steps
 
 
 def is_global_zero_from_env() -> bool:
@@ -80,8 +83,12 @@ class RatingsDataModule(pl.LightningDataModule):
         prepare: How to prepare `data_dir` if it is not prepared yet (`source`, split, filters...);
             an existing folder prepared with the same options is reused. Unset: `data_dir` must
             already be prepared.
-        batch_size: Training ratings per batch. The last batch of each epoch also takes the
-            remainder (up to `batch_size + 1` ratings) unless `drop_remainder` is set.
+        batch_size: Training ratings per step, over all DDP ranks together (the global batch: each
+            of W ranks takes `batch_size // W`), so a recipe trains alike on any number of devices.
+            The last batch of each epoch also takes the remainder (up to one rating more per rank)
+            unless `drop_remainder` is set. `auto`: 32,768 on a CPU, 262,144 on a GPU (the fast
+            path's best; see benchmarks/README.md), but at most a fiftieth of the training ratings
+            (a power of two, at least 1,024), so that an epoch takes about 50 steps or more.
         eval_batch_size: Target ratings per validation / test / predict batch; batches end on user
             boundaries, so sizes vary by about one user's ratings.
         shuffle_window: Training rows shuffled together each epoch (about 20 bytes per row; about
@@ -95,7 +102,8 @@ class RatingsDataModule(pl.LightningDataModule):
         multiprocessing_context: How workers start. `spawn` (default) starts clean interpreters,
             immune to locks held by the parent's thread pools (polars, OpenMP); `forkserver`
             likewise; `fork` starts faster but is only safe if the parent never ran polars.
-        pin_memory: Pin batches in page-locked memory for faster, asynchronous GPU copies.
+        pin_memory: Pin batches in page-locked memory for faster, asynchronous GPU copies; `auto`:
+            when the trainer's device is a GPU.
         seed: Base of the per-epoch shuffle; epoch e uses `seed + e`. Must be >= 0. Independent
             of `seed_everything`, so the data order does not change with the model's seed.
         predict_split: The split `predict` streams: `val` or `test`.
@@ -106,20 +114,21 @@ class RatingsDataModule(pl.LightningDataModule):
         self,
         data_dir: str | None = None,
         prepare: PrepareOptions | None = None,
-        batch_size: int = 1024,
+        batch_size: int | Literal["auto"] = 1024,
         eval_batch_size: int = 65_536,
         shuffle_window: int = 262_144,
         drop_remainder: bool = False,
         num_workers: int = 0,
         multiprocessing_context: MultiprocessingContext = "spawn",
-        pin_memory: bool = False,
+        pin_memory: bool | Literal["auto"] = False,
         seed: int = 42,
         predict_split: Literal["val", "test"] = "test",
         prepare_timeout: float = 3600.0,
     ) -> None:
         super().__init__()
+        if batch_size != "auto" and (not isinstance(batch_size, int) or batch_size < 1):
+            raise DataError(f"data.batch_size must be an integer >= 1 or auto, found {batch_size!r}")
         for name, value, low in [
-            ("batch_size", batch_size, 1),
             ("eval_batch_size", eval_batch_size, 1),
             ("shuffle_window", shuffle_window, 1),
             ("num_workers", num_workers, 0),
@@ -232,7 +241,10 @@ class RatingsDataModule(pl.LightningDataModule):
             )
 
     def _loader_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": self.pin_memory}
+        pin = self.pin_memory
+        if pin == "auto":
+            pin = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        options: dict[str, Any] = {"num_workers": self.num_workers, "pin_memory": pin}
         if self.num_workers > 0:
             options.update(multiprocessing_context=self.multiprocessing_context, persistent_workers=True)
         return options
@@ -241,7 +253,7 @@ class RatingsDataModule(pl.LightningDataModule):
         """This rank's training stream."""
         rank, world_size = self._rank_and_world()
         path = self.data_dir / split_file("train")
-        stream = TrainStream(path, self.batch_size, self.shuffle_window, self.seed, rank, world_size,
+        stream = TrainStream(path, self.rank_batch_size(), self.shuffle_window, self.seed, rank, world_size,
                              self.drop_remainder, self.num_workers)
         expected = self.meta.rows("train")
         if stream.num_rows != expected:
@@ -250,6 +262,23 @@ class RatingsDataModule(pl.LightningDataModule):
                 "the folder is inconsistent: re-run `prepare` with --force."
             )
         return stream
+
+    def global_batch_size(self) -> int:
+        """`batch_size`, with `auto` resolved for the trainer's device (a CPU without a trainer)."""
+        if self.batch_size != "auto":
+            return self.batch_size
+        device = self.trainer.strategy.root_device.type if self.trainer is not None else "cpu"
+        by_data = 1 << max(10, (self.meta.rows("train") // AUTO_STEPS_PER_EPOCH).bit_length() - 1)
+        return min(AUTO_BATCH_SIZE["cuda" if device == "cuda" else "cpu"], by_data)
+
+    def rank_batch_size(self) -> int:
+        """This rank's share of the global batch."""
+        world_size = self._rank_and_world()[1]
+        global_size = self.global_batch_size()
+        if global_size < world_size:
+            raise DataError(f"data.batch_size {global_size} is smaller than the number of processes ({world_size}): "
+                            "every rank needs at least one rating per step")
+        return global_size // world_size
 
     def eval_stream(self, split: Literal["val", "test"]) -> EvalStream:
         """This rank's stream of an evaluation split."""

@@ -1,85 +1,144 @@
-"""The arithmetic of one `FusedRowAdagrad` step: biased MF's gradients in closed form.
+"""The arithmetic of one fused step: biased MF's gradients in closed form, optionally with SVD++.
 
 For a rating b of user u and item i, with `n` the loss's weight of a squared error (2/B for a
-mean over the batch, 2 for a sum) and `c` a row's penalty coefficient (`n * l2 * w + weight_decay`),
+mean over the batch, 2 for a sum), c a row's penalty coefficient (`n * l2 * w + weight_decay`) and
+z_u the user's SVD++ term (zero without it),
 
     d_b = n * e_b [* dprediction/draw]
-    g(p_u) = d_b q_i + c_u p_u,        g(q_i) = d_b p_u + c_i q_i,        g(b_u) = d_b + c b_u
-    |g(p_u)|^2 = d_b^2 |q_i|^2 + 2 d_b c_u (p_u . q_i) + c_u^2 |p_u|^2,
+    g(p_u) = d_b q_i + c_u p_u,          g(q_i) = d_b (p_u + z_u) + c_i q_i,
+    g(b_u) = d_b + c'_u b_u,             g(z_u) = d_b q_i + c_z z_u,
+    |g(p_u)|^2 = d_b^2 |q_i|^2 + 2 d_b c_u (p_u . q_i) + c_u^2 |p_u|^2   (and alike for q_i),
 
-so the row-wise Adagrad accumulators grow by numbers the forward pass computes anyway (per rating
-|p|^2, p . q and |q|^2: one batched 2x2 Gram product on CPU) and each table's update is built from
+so the row-wise Adagrad accumulators grow by numbers the forward pass computes anyway (the Gram
+products of p, q [and z]: one batched matrix product on CPU) and each table's update is built from
 the looked-up rows in two passes, never as an autograd gradient. `forward_part` fills a step's
-buffers for a slice of the batch; `factor_table_update` and `bias_table_update` apply
-`row_adagrad.row_adagrad_step` to one table, eagerly or compiled (`fused_kernels`).
+buffers for a slice of the batch; `factor_table_update` and `bias_table_update` apply one table's
+update, eagerly or compiled (`fused_kernels`), with the optimizer's rule: row-wise Adagrad
+(`row_adagrad.row_adagrad_step`) or plain SGD.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
+from lightning_mf.training.low_precision import gather_rows
 from lightning_mf.training.model import MatrixFactorization
 from lightning_mf.training.row_adagrad import row_adagrad_step
 
-# Per-rating vectors of a step, in the rows of `StepInputs.vectors`.
-VECTORS = ("user_bias", "item_bias", "error", "d", "d_square", "d_dot")
+AddRows = Callable[[Tensor, Tensor, Tensor], None]
+
+Rule = Literal["adagrad", "sgd", "collect"]  # collect: sum into dense buffers (DDP, `fused_tables`)
+# Per-rating vectors of a step, in the rows of `StepInputs.vectors`. `g` is the derivative of the
+# rating's squared error by its raw score, without the loss weight n: `d = n * g`.
+VECTORS = ("user_bias", "item_bias", "error", "g", "d", "d_square", "d_dot_user", "d_dot_item")
+# Rows of `StepInputs.rows`: the batch's user factors, item factors and (with SVD++) user terms.
+P, Q, Z = 0, 1, 2
+
+
+class Penalties(NamedTuple):
+    """Each table's penalty coefficient c of a step, per rating or one for all (0: none)."""
+
+    user_factor: Tensor | float
+    item_factor: Tensor | float
+    user_bias: Tensor | float
+    item_bias: Tensor | float
+    implicit: float
 
 
 class StepInputs(NamedTuple):
-    """A step's batch, its loss and penalty coefficients, and the kept buffers `forward_part` fills."""
+    """A step's batch, its loss weight and penalties, and the kept buffers `forward_part` fills."""
 
     model: MatrixFactorization
     user: Tensor
     item: Tensor
-    rating: Tensor
+    rating: Tensor | None  # None where the derivatives come from elsewhere (another rank's forward)
     loss_weight: float  # n: d loss / d (squared error) of one rating
-    user_penalty: Tensor | float  # c_u, per rating or for all
-    item_penalty: Tensor | float  # c_i
-    rows: Tensor  # (2, B, D): the batch's user rows, then its item rows
-    gram: Tensor  # (B, 2, 2): per rating |p|^2, p . q, |q|^2
+    penalties: Penalties
+    rows: Tensor  # (2 or 3, B, D): p, q [, z]
+    gram: Tensor  # (B, 2 or 3, 2 or 3): their dot products per rating
     vectors: Tensor  # (len(VECTORS), B)
+    implicit_table: Tensor | None  # the lagged SVD++ user terms z, (num_users, D), or None
 
     @property
     def penalized(self) -> bool:
-        return is_nonzero(self.user_penalty) or is_nonzero(self.item_penalty)
+        p = self.penalties
+        return is_nonzero(p.user_factor) or is_nonzero(p.item_factor)
+
+    def vector(self, name: str) -> Tensor:
+        return self.vectors[VECTORS.index(name)]
 
 
 @torch.no_grad()  # grad mode is per thread: the worker thread needs it off too (out= requires it)
 def forward_part(step: StepInputs, part: slice) -> None:
-    """Rows, Gram products, biases, errors and derivatives of the ratings `part`, into `step`'s buffers."""
+    """Rows, Gram products and biases of the ratings `part`, into `step`'s buffers; with ratings,
+    also their errors, `g` and `d`; then the derivative products the updates need."""
     model, user, item = step.model, step.user[part], step.item[part]
-    p, q = step.rows[0, part], step.rows[1, part]
-    torch.index_select(model.user_factors.weight, 0, user, out=p)
-    torch.index_select(model.item_factors.weight, 0, item, out=q)
-    gram = step.gram[part]
-    if p.device.type == "cpu":
-        # p and q side by side ((B, 2, D), a strided view of the two blocks) make |p|^2, p . q and
-        # |q|^2 one batched matrix product: a single read of p and q instead of three.
-        pair = step.rows[:, part].permute(1, 0, 2)
-        torch.bmm(pair, pair.transpose(1, 2), out=gram)
+    rows, gram = step.rows[:, part], step.gram[part]
+    gather_rows(model.user_factors.weight, user, rows[P])
+    gather_rows(model.item_factors.weight, item, rows[Q])
+    if step.implicit_table is not None:
+        gather_rows(step.implicit_table, user, rows[Z])
+    if rows.device.type == "cpu":
+        # The rows side by side ((B, R, D), a strided view of the blocks) make all their dot
+        # products one batched matrix product: a single read of the rows instead of several.
+        stacked = rows.permute(1, 0, 2)
+        torch.bmm(stacked, stacked.transpose(1, 2), out=gram)
     else:
-        gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 1] = p.square().sum(1), (p * q).sum(1), q.square().sum(1)
-    user_bias, item_bias, error, d, d_square, d_dot = step.vectors[:, part]
-    dot = gram[:, 0, 1]
-    raw = torch.add(dot, model.offset, out=error)
+        for a in range(rows.shape[0]):
+            for b in range(a, rows.shape[0]):
+                gram[:, a, b] = (rows[a] * rows[b]).sum(1)
+                gram[:, b, a] = gram[:, a, b]
+    vectors = step.vectors[:, part]
+    user_bias, item_bias, error, g, d = (vectors[VECTORS.index(name)] for name in VECTORS[:5])
     if model.user_bias is not None and model.item_bias is not None:
-        torch.index_select(model.user_bias.weight.view(-1), 0, user, out=user_bias)
-        torch.index_select(model.item_bias.weight.view(-1), 0, item, out=item_bias)
+        gather_rows(model.user_bias.weight.view(-1), user, user_bias)
+        gather_rows(model.item_bias.weight.view(-1), item, item_bias)
+    if step.rating is not None:
+        _errors(step, gram, user_bias, item_bias, step.rating[part], error, g)
+        torch.mul(g, step.loss_weight, out=d)
+    _derivative_products(step, gram, vectors)
+
+
+def _errors(step: StepInputs, gram: Tensor, user_bias: Tensor, item_bias: Tensor, rating: Tensor, error: Tensor,
+            g: Tensor) -> None:
+    """Each rating's error (prediction - rating) and `g`, its derivative by the raw score."""
+    model = step.model
+    unit = model.rating_unit if model.output == "linear" else 1.0
+    if unit == 1.0:
+        raw = torch.add(gram[:, P, Q], model.offset, out=error)
+    else:  # the score is in rating units of `unit`: prediction = offset + unit * score
+        raw = error.copy_(gram[:, P, Q])
+    if step.implicit_table is not None:
+        raw.add_(gram[:, Z, Q])
+    if model.user_bias is not None and model.item_bias is not None:
         raw.add_(user_bias).add_(item_bias)
+    if unit != 1.0:
+        raw.mul_(unit).add_(model.offset)
+    # The loss takes errors in the model's units: (e / unit)^2, so g = d(e / unit)^2 / 2 d(score).
     if model.output == "sigmoid":
         span = model.rating_max - model.rating_min
         prediction = torch.sigmoid(raw).mul_(span).add_(model.rating_min)
-        torch.sub(prediction, step.rating[part], out=error)
+        torch.sub(prediction, rating, out=error)
         slope = (prediction - model.rating_min).mul_(model.rating_max - prediction)
-        torch.mul(error, slope, out=d).mul_(step.loss_weight / span)
+        torch.mul(error, slope, out=g).div_(span * model.rating_unit**2)
     else:
-        torch.mul(raw.sub_(step.rating[part]), step.loss_weight, out=d)
-    torch.square(d, out=d_square)
-    if step.penalized:
-        torch.mul(d, dot, out=d_dot)
+        raw.sub_(rating)
+        g.copy_(error) if unit == 1.0 else torch.div(error, unit, out=g)
+
+
+def _derivative_products(step: StepInputs, gram: Tensor, vectors: Tensor) -> None:
+    """d^2 and d times each side's cross product (p . q for the users, (p + z) . q for the items)."""
+    d = vectors[VECTORS.index("d")]
+    torch.square(d, out=vectors[VECTORS.index("d_square")])
+    if not step.penalized:
+        return
+    torch.mul(d, gram[:, P, Q], out=vectors[VECTORS.index("d_dot_user")])
+    item_dot = gram[:, P, Q] + gram[:, Z, Q] if step.implicit_table is not None else gram[:, P, Q]
+    torch.mul(d, item_dot, out=vectors[VECTORS.index("d_dot_item")])
 
 
 def gradient_mean_square(d_square: Tensor, other_sq: Tensor, d_dot: Tensor | None, c: Tensor | float | None,
@@ -91,9 +150,28 @@ def gradient_mean_square(d_square: Tensor, other_sq: Tensor, d_dot: Tensor | Non
     return square / width
 
 
+def _apply(rule: Rule, table: Tensor, accumulator: Tensor | None, rows: Tensor, mean_square: Callable[[], Tensor],
+           scaled_update: Callable[[Tensor | float], Tensor], lr: float | Tensor, eps: float,
+           add_rows: AddRows | None = None) -> None:
+    """One table's step by the optimizer's rule; SGD needs no mean squares and no accumulator. With
+    `collect`, `table` and `accumulator` are dense buffers the ratings' gradients and mean squares
+    are summed into instead."""
+    if rule == "sgd":
+        if add_rows is None:
+            table.index_add_(0, rows, scaled_update(-lr))
+        else:
+            add_rows(table, rows, scaled_update(-lr))
+    elif rule == "collect":
+        table.index_add_(0, rows, scaled_update(1.0))
+        if accumulator is not None:
+            accumulator.index_add_(0, rows, mean_square())
+    else:
+        row_adagrad_step(table, accumulator, rows, mean_square(), scaled_update, lr, eps, add_rows)
+
+
 def factor_table_update(
     table: Tensor,
-    accumulator: Tensor,
+    accumulator: Tensor | None,
     rows: Tensor,
     own: Tensor,
     other: Tensor,
@@ -105,31 +183,45 @@ def factor_table_update(
     own_sq: Tensor,
     lr: float | Tensor,
     eps: float,
+    rule: Rule = "adagrad",
     out: Tensor | None = None,
+    add_rows: AddRows | None = None,
 ) -> None:
-    """Row-wise Adagrad on a factor table: each rating's row `own` moves along `d * other + c * own`.
+    """A factor table's step: each rating's row `own` moves along `d * other + c * own`.
 
     `c` is None without a penalty (`d_dot` is then unused). `out`, a `(B, D)` buffer, holds the
     update when given (eagerly: no allocation per step); without it the update is an expression,
-    which the compiled kernel fuses into its scatter.
+    which the compiled kernel fuses into its scatter. `add_rows` writes a low-precision table
+    (`low_precision.add_rows`).
     """
 
-    def scaled_update(factor: Tensor) -> Tensor:
+    def scaled_update(factor: Tensor | float) -> Tensor:
         if out is None:
-            update = (factor * d).unsqueeze(1) * other
-            return update if c is None else update + (factor * c).unsqueeze(1) * own
-        torch.mul(other, (factor * d).unsqueeze(1), out=out)
-        return out if c is None else out.addcmul_(own, (factor * c).unsqueeze(1))
+            update = _per_rating(factor * d) * other
+            return update if c is None else update + _per_rating(factor * c) * own
+        torch.mul(other, _per_rating(factor * d), out=out)
+        if c is None:
+            return out
+        scale = _per_rating(factor * c)
+        return out.addcmul_(own, scale) if isinstance(scale, Tensor) else out.add_(own, alpha=scale)
 
-    mean_square = gradient_mean_square(d_square, other_sq, d_dot, c, own_sq, table.shape[1])
-    row_adagrad_step(table, accumulator, rows, mean_square, scaled_update, lr, eps)
+    def mean_square() -> Tensor:
+        return gradient_mean_square(d_square, other_sq, d_dot, c, own_sq, table.shape[1])
+
+    _apply(rule, table, accumulator, rows, mean_square, scaled_update, lr, eps, add_rows)
 
 
-def bias_table_update(table: Tensor, accumulator: Tensor, rows: Tensor, looked_up: Tensor, d: Tensor,
-                      c: float, lr: float | Tensor, eps: float) -> None:
-    """Row-wise Adagrad on a 1-D bias table: gradient `d + c * b` per rating."""
-    grad = d + c * looked_up if c else d
-    row_adagrad_step(table, accumulator, rows, grad * grad, lambda factor: factor * grad, lr, eps)
+def bias_table_update(table: Tensor, accumulator: Tensor | None, rows: Tensor, looked_up: Tensor, d: Tensor,
+                      c: Tensor | float | None, lr: float | Tensor, eps: float, rule: Rule = "adagrad",
+                      add_rows: AddRows | None = None) -> None:
+    """A 1-D bias table's step: gradient `d + c * b` per rating."""
+    grad = d if c is None else d + c * looked_up
+    _apply(rule, table, accumulator, rows, lambda: grad * grad, lambda factor: factor * grad, lr, eps, add_rows)
+
+
+def _per_rating(value: Tensor | float) -> Tensor | float:
+    """A per-rating vector as a column, to scale its rating's row; a scalar as it is."""
+    return value.unsqueeze(1) if isinstance(value, Tensor) and value.dim() == 1 else value
 
 
 def is_nonzero(c: Tensor | float) -> bool:

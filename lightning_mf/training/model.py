@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_mf.training.factor_product import FactorProduct, weighted
+from lightning_mf.training.model_checks import check_model_arguments
 
 InitKind = Literal["xavier", "normal"]
 OutputKind = Literal["linear", "sigmoid"]
@@ -75,6 +76,10 @@ class MatrixFactorization(nn.Module):
             whole item set per batch, and the implicit table's gradient is dense even with
             `sparse` (it is a sparse x dense product).
         ensemble_size: Number of independently initialised copies whose predictions are averaged.
+        rating_unit: With a linear output, the rating distance one unit of the score stands for:
+            prediction = offset + rating_unit * (b_u + b_i + p_u . q_i). With 1 the factors learn
+            ratings as they are; with the scale's width / 4 they learn ratings normalised by the
+            scale, so settings chosen on one scale mean the same on another.
     """
 
     def __init__(
@@ -93,14 +98,18 @@ class MatrixFactorization(nn.Module):
         sparse: bool = False,
         implicit_feedback: bool = False,
         ensemble_size: int = 1,
+        rating_unit: float = 1.0,
     ) -> None:
         super().__init__()
-        _check_args(num_users, num_items, rating_min, rating_max, global_mean, embedding_dim, dropout,
+        check_model_arguments(num_users, num_items, rating_min, rating_max, global_mean, embedding_dim, dropout,
                     init, init_std, output, ensemble_size)
         self.num_users, self.num_items = num_users, num_items
         self.rating_min, self.rating_max = float(rating_min), float(rating_max)
         self.embedding_dim, self.ensemble_size = embedding_dim, ensemble_size
         self.output, self.sparse = output, sparse
+        if rating_unit <= 0:
+            raise ValueError(f"MatrixFactorization: rating_unit must be > 0, got {rating_unit}")
+        self.rating_unit = float(rating_unit)
         width = embedding_dim * ensemble_size
         self.user_factors = nn.Embedding(num_users, width, sparse=sparse)
         self.item_factors = nn.Embedding(num_items, width, sparse=sparse)
@@ -183,20 +192,30 @@ class MatrixFactorization(nn.Module):
         materialising the (pairs x width) rows (five times faster on CPU than gather + index_add).
         """
         uniq, inverse = torch.unique(user.long(), return_inverse=True)
-        start = self.implicit_indptr[uniq]
-        length = self.implicit_indptr[uniq + 1] - start
-        row_start = torch.cat([length.new_zeros(1), length.cumsum(0)])
-        # Position of every (user, j) pair inside implicit_items, built without a Python loop.
-        position = torch.repeat_interleave(start - row_start[:-1], length)
-        position += torch.arange(position.numel(), device=position.device)
-        weight = self.implicit_factors.weight
-        norm = torch.repeat_interleave(length.clamp(min=1).to(weight.dtype).rsqrt(), length)
+        return torch.sparse.mm(self.implicit_matrix(uniq), _float32(self.implicit_factors.weight))[inverse]
+
+    def implicit_matrix(self, users: Tensor | None = None) -> Tensor:
+        """The normalised sparse CSR matrix of N: row u holds `|N(u)|^-1/2` at each of u's items.
+
+        Args:
+            users: Distinct user indices whose rows to take, in order; unset: every user.
+        """
+        if users is None:
+            row_start, columns = self.implicit_indptr, self.implicit_items
+            length = row_start[1:] - row_start[:-1]
+        else:
+            start = self.implicit_indptr[users]
+            length = self.implicit_indptr[users + 1] - start
+            row_start = torch.cat([length.new_zeros(1), length.cumsum(0)])
+            # Position of every (user, j) pair inside implicit_items, built without a Python loop.
+            position = torch.repeat_interleave(start - row_start[:-1], length)
+            position += torch.arange(position.numel(), device=position.device)
+            columns = self.implicit_items[position]
+        norm = torch.repeat_interleave(length.clamp(min=1).to(torch.float32).rsqrt(), length)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-            neighbours = torch.sparse_csr_tensor(
-                row_start, self.implicit_items[position], norm, size=(uniq.numel(), self.num_items)
-            )
-        return torch.sparse.mm(neighbours, weight)[inverse]
+            return torch.sparse_csr_tensor(row_start, columns, norm, size=(length.numel(), self.num_items),
+                                           check_invariants=False)
 
     def members(
         self,
@@ -216,8 +235,10 @@ class MatrixFactorization(nn.Module):
         `user_bias_weight` / `item_bias_weight` its `b_u^2` / `b_i^2`.
         """
         shape = (-1, self.ensemble_size, self.embedding_dim)
-        p = self.user_factors(user).view(shape)
-        q = self.item_factors(item).view(shape)
+        # Tables stored in bfloat16 (`bf16-true`) are scored in float32: a dot product of 128
+        # bfloat16 terms would keep 8 bits of its sum.
+        p = _float32(self.user_factors(user)).view(shape)
+        q = _float32(self.item_factors(item)).view(shape)
         implicit_sq = None
         if self.implicit_factors is not None:
             term = self._implicit_term(user).view(shape)
@@ -249,6 +270,8 @@ class MatrixFactorization(nn.Module):
                 b_u, b_i = torch.where(user_seen, b_u, 0.0), torch.where(item_seen, b_i, 0.0)
         if self.user_bias is not None:
             raw = raw + b_u + b_i
+        if self.rating_unit != 1.0 and self.output == "linear":
+            raw = raw * self.rating_unit
         raw = raw + self.offset
         if self.output == "sigmoid":
             raw = self.rating_min + (self.rating_max - self.rating_min) * torch.sigmoid(raw)
@@ -273,29 +296,6 @@ class MatrixFactorization(nn.Module):
         return prediction
 
 
-def _check_args(num_users: int, num_items: int, rating_min: float, rating_max: float, global_mean: float,
-                embedding_dim: int, dropout: float, init: str, init_std: float, output: str,
-                ensemble_size: int) -> None:
-    """Reject settings a user can get wrong, naming the argument, what was expected and found."""
-    problems = []
-    if num_users < 1 or num_items < 1:
-        problems.append(f"num_users and num_items must be >= 1, got {num_users} and {num_items}")
-    if not rating_min < rating_max:
-        problems.append(f"rating_min must be below rating_max, got {rating_min} and {rating_max}")
-    elif not rating_min <= global_mean <= rating_max:
-        problems.append(f"global_mean must lie in [rating_min, rating_max] = [{rating_min}, {rating_max}], "
-                        f"got {global_mean}")
-    if embedding_dim < 1:
-        problems.append(f"embedding_dim must be >= 1, got {embedding_dim}")
-    if not 0.0 <= dropout < 1.0:
-        problems.append(f"dropout must be in [0, 1), got {dropout}")
-    if init not in ("xavier", "normal"):
-        problems.append(f"init must be 'xavier' or 'normal', got {init!r}")
-    if init_std <= 0:
-        problems.append(f"init_std must be > 0, got {init_std}")
-    if output not in ("linear", "sigmoid"):
-        problems.append(f"output must be 'linear' or 'sigmoid', got {output!r}")
-    if ensemble_size < 1:
-        problems.append(f"ensemble_size must be >= 1, got {ensemble_size}")
-    if problems:
-        raise ValueError("MatrixFactorization: " + "; ".join(problems))
+def _float32(values: Tensor) -> Tensor:
+    """Low-precision values as float32 (differentiably); float32 and float64 as they are."""
+    return values.float() if values.dtype in (torch.bfloat16, torch.float16) else values

@@ -6,6 +6,7 @@ How the optimizer is built, checked and scheduled is `optimization`'s job, the p
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -16,9 +17,13 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.data.schema import RatingScale
-from lightning_mf.training.fused import FusedRowAdagrad
+from lightning_mf.training.catalog_metrics import CatalogRankingMetrics
+from lightning_mf.training.data_hookups import attach_training_data, check_checkpoint_dataset, quiet_ddp_buffers
+from lightning_mf.training.divergence import DivergenceWatch
+from lightning_mf.training.fused_base import FusedRowOptimizer
 from lightning_mf.training.metrics import RankingMetrics
 from lightning_mf.training.model import InitKind, MatrixFactorization, OutputKind
+from lightning_mf.training.module_checks import check_predictor_arguments
 from lightning_mf.training.optimization import (
     check_optimizer,
     parameter_groups,
@@ -36,7 +41,10 @@ class RatingPredictor(LightningModule):
 
     Logged every epoch: `train/loss` (data MSE, mean over the epoch's ratings; `train/loss_step`
     the batch's, on the steps the logger writes: every `log_every_n_steps`), `val/loss` (MSE), `val/rmse`, `val/mae`, `hp_metric` (= val RMSE),
-    `test/rmse`, `test/mae`, `test/ndcg@K` and `test/recall@K`. Eval predictions are clipped to
+    `test/rmse`, `test/mae`, `test/ndcg@K` and `test/recall@K` (each user's held-out items re-ranked),
+    and with a DataModule that has `train_interactions()` the full-catalog `test/full_ndcg@K`,
+    `test/full_recall@K`, `test/full_hit@K` and the most-popular baseline's `test/popular_ndcg@K`,
+    `test/popular_recall@K`, `test/popular_hit@K` (see `catalog_metrics`). Eval predictions are clipped to
     the rating range and fall back to biases for users or items unseen in training.
 
     Regularization comes in two forms, usable together: the optimizer's `weight_decay` (as the
@@ -87,7 +95,16 @@ class RatingPredictor(LightningModule):
             the DataModule's `train_interactions()` at fit start.
         implicit_lr_scale: Learning rate of the implicit item factors y_j relative to the
             optimizer's (they sum over a user's whole item set and diverge at the full rate).
+        implicit_refreshes_per_epoch: On the fast path (`FusedSGD`, `FusedRowAdagrad`), how often
+            per epoch the lagged SVD++ term moves y and recomputes the user terms
+            (`lightning_mf.training.fused_implicit`); each refresh costs two sparse products over
+            the training set.
         ensemble_size: Train this many independent copies and predict their mean.
+        rating_unit: The rating distance the model's scores and the loss count in: errors enter the
+            loss as `error / rating_unit`, and a linear output predicts `mean + rating_unit * score`.
+            1 counts in ratings as they are. `auto` is the scale's width / 4 (1 on a 1-5 scale, 2.5
+            on 0-10), so l2, learning rates and init_std mean the same on any scale: a recipe's
+            RMSE scales with the ratings and its gain over the biases stays the same.
         optimizer: Builds the optimizer from the parameters; weight decay goes here.
         lr_scheduler: Builds an optional learning-rate scheduler from the optimizer.
         cosine_decay: Instead of `lr_scheduler`, lower every learning rate from its initial value
@@ -95,7 +112,7 @@ class RatingPredictor(LightningModule):
             trainer, so it follows `max_epochs` or `max_steps`).
         lr_scheduler_interval: Step the scheduler every `epoch` or every `step`.
         lr_scheduler_monitor: Metric a `ReduceLROnPlateau` scheduler watches.
-        ranking_top_k: Cut-off K of the test ranking metrics NDCG@K and Recall@K.
+        ranking_top_k: Cut-off K of the test ranking metrics (NDCG@K, Recall@K, full-catalog Hit@K).
     """
 
     def __init__(
@@ -120,7 +137,9 @@ class RatingPredictor(LightningModule):
         sparse: bool = False,
         implicit_feedback: bool = False,
         implicit_lr_scale: float = 1.0,
+        implicit_refreshes_per_epoch: int = 1,
         ensemble_size: int = 1,
+        rating_unit: float | Literal["auto"] = 1.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
@@ -129,8 +148,8 @@ class RatingPredictor(LightningModule):
         ranking_top_k: int = 10,
     ) -> None:
         super().__init__()
-        _check_arguments(l2, l2_bias, l2_implicit, loss_reduction, implicit_lr_scale, cosine_decay, lr_scheduler,
-                         lr_scheduler_interval)
+        check_predictor_arguments(l2, l2_bias, l2_implicit, loss_reduction, implicit_lr_scale, cosine_decay, lr_scheduler,
+                         lr_scheduler_interval, implicit_refreshes_per_epoch)
         self.save_hyperparameters()
         # Callables given in code (not the CLI's class_path dicts) would break a weights-only
         # checkpoint load, so they are not saved: `load_from_checkpoint` then builds the default
@@ -138,10 +157,11 @@ class RatingPredictor(LightningModule):
         for key in ("optimizer", "lr_scheduler"):
             if self.hparams.get(key) is not None and not isinstance(self.hparams[key], (dict, str)):
                 del self.hparams[key]
+        unit = (rating_max - rating_min) / 4 if rating_unit == "auto" else float(rating_unit)
         self.model = MatrixFactorization(
             num_users, num_items, rating_min, rating_max, global_mean, embedding_dim=embedding_dim,
             dropout=dropout, init=init, init_std=init_std, output=output, use_bias=use_bias, sparse=sparse,
-            implicit_feedback=implicit_feedback, ensemble_size=ensemble_size,
+            implicit_feedback=implicit_feedback, ensemble_size=ensemble_size, rating_unit=unit,
         )
         self.l2 = float(l2)
         self.l2_bias = float(l2 if l2_bias is None else l2_bias)
@@ -156,7 +176,10 @@ class RatingPredictor(LightningModule):
         self.test_rmse, self.test_mae = MeanSquaredError(squared=False), MeanAbsoluteError()
         self.test_ranking = RankingMetrics(RatingScale(min=rating_min, max=rating_max).relevance_threshold,
                                            top_k=ranking_top_k)
+        self.test_catalog = CatalogRankingMetrics(RatingScale(min=rating_min, max=rating_max).relevance_threshold,
+                                                  top_k=ranking_top_k)
         self.train_loss = WeightedMean()  # the epoch's data MSE over all its ratings
+        self.divergence = DivergenceWatch()
         self.seen = SeenRows(num_users, num_items)  # this rank's trained rows since the last merge
         self._resume_state: dict[str, Any] | None = None  # from a checkpoint, applied when training resumes
 
@@ -171,7 +194,8 @@ class RatingPredictor(LightningModule):
         scores = self.model.members(user, item, penalty=penalize, **weights)
         squared_error = (scores.prediction - rating.unsqueeze(1)).pow(2)
         data_loss = squared_error.mean()
-        per_rating = squared_error
+        unit = self.model.rating_unit
+        per_rating = squared_error if unit == 1.0 else squared_error / unit**2
         if penalize:
             per_rating = per_rating + self.l2 * scores.factor_sq + self.l2_bias * scores.bias_sq
             per_rating = per_rating + self.l2_implicit * scores.implicit_sq
@@ -185,30 +209,49 @@ class RatingPredictor(LightningModule):
         if self.automatic_optimization:
             loss, data_loss = self.loss(batch)
         else:
-            loss, data_loss = None, self._fused_step(batch)
+            loss, data_loss = None, self._fused_step(batch, batch_idx)
         self.train_loss.update(data_loss, rating.shape[0])
+        self.divergence.note(data_loss if loss is None else loss, self.trainer.global_step)
         # Lightning writes step metrics only every `log_every_n_steps`; a `self.log` call on the
         # other steps costs as much (about 0.5 ms) and is thrown away. Without that predicate
         # (another Lightning version), log every step.
         connector = getattr(self.trainer, "_logger_connector", None)
         if getattr(connector, "should_update_logs", True) or self.trainer.fast_dev_run:
+            self.divergence.check(self.trainer, self._learning_rate())
             self.log("train/loss_step", data_loss.detach(), on_step=True, on_epoch=False, batch_size=rating.shape[0])
         return loss
 
-    def _fused_step(self, batch: RatingBatch) -> Tensor:
-        """One FusedRowAdagrad update (manual optimization); returns the batch's data MSE."""
+    def _learning_rate(self) -> float:
+        optimizer = self.optimizers()
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        return float(optimizer.param_groups[0]["lr"])
+
+    def _fused_step(self, batch: RatingBatch, batch_idx: int) -> Tensor:
+        """One fused update (manual optimization); returns the batch's data MSE."""
         user, item, rating = batch
         optimizer = self.optimizers()
         result: list[Tensor] = []
 
         def update() -> None:
             result.append(optimizer.optimizer.update(
-                self.model, user, item, rating, l2=self.l2, l2_bias=self.l2_bias, reduction=self.loss_reduction,
-                **self.penalty_weights.for_batch(user, item)))
+                self.model, user, item, rating, l2=self.l2, l2_bias=self.l2_bias, l2_implicit=self.l2_implicit,
+                row_weights=self.penalty_weights, reduction=self.loss_reduction))
 
         optimizer.step(closure=update)
+        # Inside the step, before any callback can checkpoint this batch: a resumed fit then
+        # refreshes at the same batches as an uninterrupted one.
+        if self.model.implicit_factors is not None and self._refresh_due(batch_idx):
+            optimizer.optimizer.refresh_implicit(self.model)
         step_schedulers(self.trainer, "step")
         return result[0]
+
+    def _refresh_due(self, batch_idx: int) -> bool:
+        """Whether the lagged SVD++ term is refreshed after this batch: evenly over the epoch, and at its end."""
+        total = self.trainer.num_training_batches
+        if total == float("inf"):
+            return (batch_idx + 1) % 1000 == 0
+        interval = math.ceil(total / self.hparams.implicit_refreshes_per_epoch)
+        return batch_idx + 1 == total or (batch_idx + 1) % interval == 0
 
     def validation_step(self, batch: RatingBatch, batch_idx: int) -> None:
         user, item, rating = batch
@@ -229,6 +272,8 @@ class RatingPredictor(LightningModule):
         self.test_rmse.update(prediction, rating)
         self.test_mae.update(prediction, rating)
         self.test_ranking.update(user, score, rating)
+        if self.test_catalog.active:
+            self.test_catalog.update(user, item, rating)
         size = rating.shape[0]
         self.log("test/rmse", self.test_rmse, on_step=False, on_epoch=True, batch_size=size)
         self.log("test/mae", self.test_mae, on_step=False, on_epoch=True, batch_size=size)
@@ -240,6 +285,11 @@ class RatingPredictor(LightningModule):
         self.log(f"test/ndcg@{k}", ranking["ndcg"], sync_dist=True)
         self.log(f"test/recall@{k}", ranking["recall"], sync_dist=True)
         self.test_ranking.reset()
+        if self.test_catalog.active:
+            for name, value in self.test_catalog.compute().items():
+                self.log(f"test/{name}@{k}", value, sync_dist=True)
+            self.test_catalog.reset()
+            self.test_catalog.stop()
 
     def predict_step(self, batch: RatingBatch | tuple[Tensor, ...], batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Clipped predictions for a batch's (user, item) pairs; a rating field is ignored."""
@@ -248,30 +298,17 @@ class RatingPredictor(LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(parameter_groups(self, self.model, self.implicit_lr_scale))
         scale_implicit_lr(optimizer, self.implicit_lr_scale)
-        check_optimizer(optimizer, self.model, self._trainer, self.penalty_weights.bias_power)
-        # FusedRowAdagrad updates the tables itself (in `_fused_step`): Lightning must not backprop.
-        self.automatic_optimization = not isinstance(optimizer, FusedRowAdagrad)
+        check_optimizer(optimizer, self.model, self._trainer)
+        # The fused optimizers update the tables themselves (in `_fused_step`): Lightning must not backprop.
+        self.automatic_optimization = not isinstance(optimizer, FusedRowOptimizer)
         return with_schedule(optimizer, self._trainer, self.hparams.cosine_decay, self.lr_scheduler_factory,
                              self.hparams.lr_scheduler_interval, self.hparams.lr_scheduler_monitor)
 
-    def on_fit_start(self) -> None:
-        if not self.penalty_weights.ready:
-            self.set_train_counts(*self._from_datamodule(
-                "train_counts", "(user_counts, item_counts)", "l2_count_power or l2_bias_count_power != 1 needs "
-                "each row's number of training ratings", "or call set_train_counts()"))
-        model = self.model
-        if model.implicit_factors is not None and model.implicit_items.numel() == 0:
-            model.set_implicit_feedback(*self._from_datamodule(
-                "train_interactions", "(user, item)", "implicit_feedback=True needs each user's training items",
-                "or call module.model.set_implicit_feedback(user, item) before fit"))
+    def setup(self, stage: str) -> None:
+        quiet_ddp_buffers(self._trainer)
 
-    def _from_datamodule(self, method: str, returns: str, need: str, otherwise: str) -> tuple[Tensor, Tensor]:
-        """What the DataModule's `method()` returns, or an error saying what needs it and how else to give it."""
-        source = getattr(self.trainer.datamodule, method, None)
-        if source is None:
-            raise ValueError(f"RatingPredictor: {need}. Fit with a DataModule that has {method}() -> {returns}, "
-                             f"{otherwise}.")
-        return source()
+    def on_fit_start(self) -> None:
+        attach_training_data(self)
 
     def set_train_counts(self, user_counts: Tensor, item_counts: Tensor) -> None:
         """Per-row training counts n, which weight the penalties by n^(power - 1)."""
@@ -289,6 +326,7 @@ class RatingPredictor(LightningModule):
     def on_train_epoch_end(self) -> None:
         # Runs before ModelCheckpoint's epoch-end save (and before callbacks that monitor a
         # metric), so checkpoints hold the merged marks and `train/loss` can be monitored.
+        self.divergence.check(self.trainer, self._learning_rate())
         if self.train_loss.update_count:
             self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
         self._merge_seen()
@@ -302,10 +340,7 @@ class RatingPredictor(LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Before the weights load (a table of another size would fail first, less clearly).
-        datamodule = getattr(self._trainer, "datamodule", None)
-        record = checkpoint.get(type(datamodule).__qualname__)
-        if record is not None and hasattr(datamodule, "check_trained_on"):
-            datamodule.check_trained_on(record)
+        check_checkpoint_dataset(self._trainer, checkpoint)
         self._resume_state = load_state(checkpoint)
 
     def on_train_start(self) -> None:
@@ -319,22 +354,6 @@ class RatingPredictor(LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._merge_seen()
-
-
-def _check_arguments(l2: float, l2_bias: float | None, l2_implicit: float | None, loss_reduction: str,
-                     implicit_lr_scale: float, cosine_decay: bool, lr_scheduler: object,
-                     lr_scheduler_interval: str) -> None:
-    """Rejects settings a user can get wrong, naming the argument and what was found."""
-    if min(l2, l2 if l2_bias is None else l2_bias, l2 if l2_implicit is None else l2_implicit) < 0:
-        raise ValueError(
-            f"RatingPredictor: l2, l2_bias and l2_implicit must be >= 0, got {l2}, {l2_bias} and {l2_implicit}"
-        )
-    if loss_reduction not in ("mean", "sum"):
-        raise ValueError(f"RatingPredictor: loss_reduction must be 'mean' or 'sum', got {loss_reduction!r}")
-    if implicit_lr_scale <= 0:
-        raise ValueError(f"RatingPredictor: implicit_lr_scale must be > 0, got {implicit_lr_scale}")
-    if cosine_decay and lr_scheduler is not None:
-        raise ValueError("RatingPredictor: give either lr_scheduler or cosine_decay=True, not both")
-    if lr_scheduler_interval not in ("epoch", "step"):
-        raise ValueError(f"RatingPredictor: lr_scheduler_interval must be 'epoch' or 'step', "
-                         f"got {lr_scheduler_interval!r}")
+        interactions = getattr(getattr(self.trainer, "datamodule", None), "train_interactions", None)
+        if interactions is not None:
+            self.test_catalog.start(self.model, *interactions())

@@ -10,10 +10,11 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable
+from lightning.pytorch.strategies import DDPStrategy
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from lightning_mf.training.fused import FusedRowAdagrad
+from lightning_mf.training.fused_base import FusedRowOptimizer
 from lightning_mf.training.model import MatrixFactorization
 
 # Optimizers that raise on sparse gradients: rejected up front when `sparse=True`.
@@ -58,8 +59,7 @@ def scale_implicit_lr(optimizer: Optimizer, implicit_lr_scale: float) -> None:
             group["lr"] = group["lr"] * implicit_lr_scale
 
 
-def check_optimizer(optimizer: Optimizer, model: MatrixFactorization, trainer: pl.Trainer | None,
-                    l2_bias_count_power: float) -> None:
+def check_optimizer(optimizer: Optimizer, model: MatrixFactorization, trainer: pl.Trainer | None) -> None:
     """Rejects an optimizer the model or the trainer's settings cannot train with, naming what to use instead."""
     if model.sparse and isinstance(optimizer, DENSE_ONLY):
         raise ValueError(
@@ -68,24 +68,36 @@ def check_optimizer(optimizer: Optimizer, model: MatrixFactorization, trainer: p
             "lightning_mf.training.optimizers.RowAdam, torch.optim.SparseAdam, torch.optim.Adagrad or "
             "torch.optim.SGD, or set sparse=False."
         )
-    if isinstance(optimizer, FusedRowAdagrad):
-        FusedRowAdagrad.check(model, trainer.world_size if trainer is not None else 1)
-        if l2_bias_count_power != 1.0:
-            raise ValueError(
-                "RatingPredictor: FusedRowAdagrad supports l2, l2_bias and l2_count_power only; "
-                "set l2_bias_count_power=1 or use lightning_mf.training.optimizers.RowAdagrad"
-            )
+    if isinstance(optimizer, FusedRowOptimizer):
+        type(optimizer).check(model)
         if trainer is not None:
             check_trainer_for_fused(trainer)
+    elif model.sparse and _backend() == "nccl":
+        raise ValueError(
+            "RatingPredictor: sparse=True with autograd needs an all-reduce of sparse gradients, which NCCL "
+            "does not have. Use lightning_mf.training.fused.FusedRowAdagrad (or FusedSGD): its DDP exchange "
+            "sends dense tensors; or sparse=False; or the gloo backend (--trainer.strategy "
+            "lightning.pytorch.strategies.DDPStrategy --trainer.strategy.process_group_backend gloo)."
+        )
+
+
+def _backend() -> str | None:
+    """The process group's backend, or None outside torch.distributed."""
+    import torch.distributed as dist
+
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
 
 
 def check_trainer_for_fused(trainer: pl.Trainer) -> None:
-    """Trainer settings FusedRowAdagrad would silently ignore or break on: refused, with what to do instead.
+    """Trainer settings the fused path would silently ignore or break on: refused, with what to do instead.
 
     Lightning only checks them against manual optimization before `configure_optimizers`, where
     the fused path switches manual optimization on.
     """
     problems = []
+    if trainer.world_size > 1 and not isinstance(trainer.strategy, DDPStrategy):
+        problems.append(f"the {type(trainer.strategy).__name__} strategy (the fused update works on replicated tables "
+                        "and combines the ranks itself; use --trainer.strategy ddp)")
     if trainer.gradient_clip_val:
         problems.append(f"trainer.gradient_clip_val={trainer.gradient_clip_val} (the update is applied in closed "
                         "form and never clipped; lower the learning rate, or use RowAdagrad with sparse=True "
@@ -93,11 +105,19 @@ def check_trainer_for_fused(trainer: pl.Trainer) -> None:
     if trainer.accumulate_grad_batches != 1:
         problems.append(f"trainer.accumulate_grad_batches={trainer.accumulate_grad_batches} (every batch is one "
                         "update; raise data.batch_size instead)")
-    if str(trainer.precision) in ("16-mixed", "16"):
-        problems.append(f"trainer.precision={trainer.precision} (float16 needs gradient scaling, which a "
-                        "closed-form update has no gradients for; use 32-true or bf16-mixed)")
+    precision = str(trainer.precision)
+    if precision in ("16-mixed", "16"):
+        problems.append(f"trainer.precision={precision} (float16 needs gradient scaling, which a closed-form "
+                        "update has no gradients for; use 32-true, or bf16-true for bfloat16 tables)")
+    elif precision in ("bf16-mixed", "bf16"):
+        problems.append(f"trainer.precision={precision} (mixed precision autocasts matrix products, and the fused "
+                        "step has none: it would change nothing; use bf16-true, which stores the tables in "
+                        "bfloat16 with float32 accumulators and stochastic rounding, or 32-true)")
+    elif precision not in ("32-true", "32", "bf16-true"):
+        problems.append(f"trainer.precision={precision} (the fused step runs in float32, on float32 or bfloat16 "
+                        "tables: use 32-true or bf16-true)")
     if problems:
-        raise ValueError("FusedRowAdagrad cannot honour " + "; ".join(problems))
+        raise ValueError("The fused optimizers (FusedRowAdagrad, FusedSGD) cannot honour " + "; ".join(problems))
 
 
 def with_schedule(optimizer: Optimizer, trainer: pl.Trainer | None, cosine_decay: bool,

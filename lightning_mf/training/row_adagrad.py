@@ -24,6 +24,7 @@ def row_adagrad_step(
     scaled_update: Callable[[Tensor], Tensor],
     lr: float | Tensor,
     eps: float,
+    add_rows: Callable[[Tensor, Tensor, Tensor], None] | None = None,
 ) -> None:
     """One row-wise Adagrad step on the `rows` of `table` (rows may repeat).
 
@@ -37,7 +38,12 @@ def row_adagrad_step(
             The caller builds the gradient however suits it (autograd's values, or in closed form).
         lr: Learning rate (a tensor keeps a compiled kernel valid when the schedule changes it).
         eps: Added to the denominator for numerical stability.
+        add_rows: How the scaled rows are added into the table (`table, rows, updates`); unset:
+            `index_add_` (a bfloat16 table rounds its writes stochastically: `low_precision`).
     """
     accumulator.index_add_(0, rows, mean_square)
     factor = -lr / (accumulator.index_select(0, rows).sqrt() + eps)
-    table.index_add_(0, rows, scaled_update(factor))
+    if add_rows is None:
+        table.index_add_(0, rows, scaled_update(factor))
+    else:
+        add_rows(table, rows, scaled_update(factor))

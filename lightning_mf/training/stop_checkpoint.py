@@ -9,7 +9,9 @@ is then skipped (Lightning skips a save at a step already saved).
 
 Lightning 2.6 also writes `last.ckpt` at an epoch's end only when a top-k checkpoint was saved at
 that step, so after an epoch whose validation did not improve, `last.ckpt` is an older epoch's,
-and resuming from it repeats epochs. Here `last.ckpt` is written at every epoch end.
+and resuming from it repeats epochs. Here `last.ckpt` is written at every epoch end. And a
+non-finite monitored value (a diverged epoch's NaN RMSE) never counts as one of the best: Lightning
+keeps the first k scores whatever they are, so a NaN first epoch became "best".
 """
 
 from __future__ import annotations
@@ -17,12 +19,19 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import Tensor
 
 
 class ResumableCheckpoint(ModelCheckpoint):
     """`ModelCheckpoint` (same arguments) whose `last` is saved at every epoch end and where a fit is
-    stopped mid-epoch (see the module)."""
+    stopped mid-epoch, and whose best are never a NaN or infinite score (see the module)."""
+
+    def check_monitor_top_k(self, trainer: pl.Trainer, current: Tensor | None = None) -> bool:
+        if current is not None and not bool(torch.isfinite(current)):
+            return False
+        return super().check_monitor_top_k(trainer, current)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)

@@ -203,7 +203,9 @@ def test_default_space_samples_conditional_options() -> None:
     drawn = space.sample(trial)
     assert 0.002 <= drawn[LR] <= 0.05 and drawn["trainer.max_epochs"] % 5 == 0
     settings = space.trial_settings(drawn)
-    assert settings["model"]["optimizer"] == {"class_path": "torch.optim.SGD", "init_args": {"lr": drawn[LR]}}
+    assert settings["model"]["optimizer"] == {"class_path": "lightning_mf.training.fused.FusedSGD",
+                                              "init_args": {"threads": 1, "lr": drawn[LR]}}
+    assert settings["model"]["rating_unit"] == "auto" and settings["model"]["implicit_refreshes_per_epoch"] == 4
     assert nest({"a.b": 1, "a.c.d": 2}) == {"a": {"b": 1, "c": {"d": 2}}}
 
 

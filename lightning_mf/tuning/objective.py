@@ -10,7 +10,7 @@ Ctrl-C during a trial stops the study (the trial is recorded as failed) and can 
 
 Outcomes: the score (`val/rmse` after the last epoch, or the lowest of any epoch), a pruned trial
 (`TrialPruning` stopped it: the pruner, a non-finite `val/rmse`, the time budget) or a diverged
-one (non-finite weights after the fit, however the fit ended), a failed trial (the fit raised
+one (the fit's divergence check stopped it, or non-finite weights after the fit, however it ended), a failed trial (the fit raised
 after training started; the study goes on), or a `DataError` that stops the study (arguments the
 CLI refuses, a fit that cannot start, data without a validation split): every trial would hit it.
 """
@@ -32,7 +32,7 @@ import optuna
 import torch
 import yaml
 
-from lightning_mf.errors import DataError
+from lightning_mf.errors import DataError, TrainingDiverged
 from lightning_mf.tuning.pruning import TrialPruning
 from lightning_mf.tuning.space import SearchSpace
 
@@ -128,6 +128,9 @@ class FitObjective:
         except TrialFailed as error:
             trial.set_user_attr("note", f"{FAILED_NOTE}{error}")
             raise
+        except optuna.TrialPruned as pruned:
+            trial.set_user_attr("note", str(pruned))
+            raise
         finally:
             trial.set_user_attr("curve", pruning.curve)
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 2))
@@ -157,6 +160,9 @@ class FitObjective:
             ) from None
         except DataError:
             raise
+        except TrainingDiverged as error:
+            # The fit's own divergence check stopped it: a pruned trial, like a non-finite val/rmse.
+            raise optuna.TrialPruned(f"diverged: {error}") from None
         except Exception as error:
             if not pruning.training_started:
                 raise DataError(f"trial {number}: the fit could not start with {config} after the given configs: "

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("lightning_mf.inference.serve_command:main", "HTTP JSON API (LitServe): POST /predict, POST /recommend, GET /health"),
     "experiments": ("lightning_mf.experiments.command:main", "run a folder of experiment configs in order: experiments run DIR"),
     "report": ("lightning_mf.experiments.report:main", "table and learning-curve PNGs of a runs folder, from TensorBoard events"),
+    "tune": ("lightning_mf.tuning.command:main", "search a fit's settings with Optuna, on validation: tune --config ... --timeout 600"),
 }
 
 

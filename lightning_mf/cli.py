@@ -140,9 +140,21 @@ def _ignore_known_warnings() -> None:
     warnings.filterwarnings("ignore", message="Couldn't infer the batch indices fetched from your dataloader")
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> MFLightningCLI:
-    """The CLI over our model and data. With `run=False`, `args` hold no subcommand and the
-    returned CLI carries the instantiated `model`, `datamodule` and `trainer` (for scripts)."""
+def build_cli(
+    args: list[str] | None = None, run: bool = True, callbacks: list[pl.Callback] | None = None
+) -> MFLightningCLI:
+    """The CLI over our model and data.
+
+    Args:
+        args: Command-line arguments; None reads `sys.argv`.
+        run: Run the subcommand `args` start with. With `run=False`, `args` hold no subcommand and
+            the returned CLI carries the instantiated `model`, `datamodule` and `trainer` (for scripts).
+        callbacks: Callback objects added to the trainer's, beside those the config names (`tune`
+            passes each trial's pruning callback this way, so a trial is a plain `fit`).
+    """
+    trainer_defaults = dict(TRAINER_DEFAULTS)
+    if callbacks:
+        trainer_defaults["callbacks"] = list(callbacks)
     with warnings.catch_warnings():
         _ignore_known_warnings()
         return MFLightningCLI(
@@ -150,7 +162,7 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> MFLightningCLI
             RatingsDataModule,
             args=args,
             run=run,
-            trainer_defaults=TRAINER_DEFAULTS,
+            trainer_defaults=trainer_defaults,
             # The model takes its optimizer as an argument; no second, top-level `--optimizer`.
             auto_configure_optimizers=False,
             parser_kwargs={"prog": "python -m lightning_mf", "description": DESCRIPTION},

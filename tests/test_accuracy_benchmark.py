@@ -13,6 +13,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
 
 @pytest.fixture(scope="module")
 def accuracy():
+    sys.path.insert(0, str(SCRIPT.parent))  # the script imports its sibling `machine`, as `python benchmarks/...` allows
     spec = importlib.util.spec_from_file_location("accuracy_benchmark", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules["accuracy_benchmark"] = module

@@ -7,6 +7,7 @@ import sys
 from jsonargparse import ActionYesNo, ArgumentParser
 
 from lightning_mf.experiments.series import ExperimentFailed, describe_series, run_series
+from lightning_mf.passthrough import split_fit_args
 
 
 def build_parser() -> ArgumentParser:
@@ -34,11 +35,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """`experiments run|list DIR [options] [-- fit args]`; returns the exit status."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in args:
-        cut = args.index("--")
-        args, extra = args[:cut], args[cut + 1:]
+    args, extra = split_fit_args(argv)
     config = build_parser().parse_args(args)
     command = config.command
     options = config[command]

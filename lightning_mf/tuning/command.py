@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lightning_mf.passthrough import split_fit_args
 from lightning_mf.tuning.space import DEFAULT_SPACE, load_space
 
 DESCRIPTION = """\
@@ -56,11 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Runs `tune`; returns the exit status (1: no trial completed, 130: interrupted)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    extra: list[str] = []
-    if "--" in args:
-        cut = args.index("--")
-        args, extra = args[:cut], args[cut + 1:]
+    args, extra = split_fit_args(argv)
     options = build_parser().parse_args(args)
     if options.print_space:
         load_space(options.space)  # a broken file is reported, not printed

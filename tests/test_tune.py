@@ -194,6 +194,7 @@ def test_default_space_samples_conditional_options() -> None:
     keys = [p.key for p in space.params]
     assert {"model.embedding_dim", "model.l2", "model.l2_bias", LR, "trainer.max_epochs",
             "model.implicit_feedback", "model.implicit_lr_scale"} <= set(keys)
+    assert space.alternated is not None and space.alternated.key == "model.implicit_feedback"
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     fixed = {p.key: (p.low if p.choices is None else p.choices[0]) for p in space.params}
     without = space.sample(optuna.trial.FixedTrial({**fixed, "model.implicit_feedback": False}))

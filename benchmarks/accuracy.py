@@ -151,7 +151,7 @@ def run_lightning_mf(split: Split, work: Path, configs: list[Path] | None = None
     )
 
 
-def run_tuned(split: Split, work: Path, seconds: float, seed: int) -> tuple[Score, dict]:
+def run_tuned(split: Split, work: Path, seconds: float, seed: int, jobs: int) -> tuple[Score, dict]:
     """`tune` for `seconds` on the split's training part (its own val carved out), then refit the
     best config on the whole training part and test it; also returns what the study found."""
     from lightning_mf.tuning.study import TuneOptions, run_tune
@@ -162,7 +162,7 @@ def run_tuned(split: Split, work: Path, seconds: float, seed: int) -> tuple[Scor
     base = REPO / "configs" / "base.yaml"
     options = TuneOptions(
         configs=[str(base)], extra_args=["--data.data_dir", str(tune_folder), "--data.prepare", "null"],
-        out=work / f"tune-{slug}" / "best.yaml", timeout=seconds, seed=seed,
+        out=work / f"tune-{slug}" / "best.yaml", timeout=seconds, seed=seed, jobs=jobs,
     )  # fmt: skip
     started = time.perf_counter()
     result = run_tune(options, echo=lambda line: print(f"  {slug} {line}", flush=True))
@@ -304,6 +304,8 @@ def main() -> None:
                         help="Also `tune` lightning_mf for this many seconds per split (then refit and test), "
                         "and run Surprise's GridSearchCV SVD beside it.")
     parser.add_argument("--tune_seed", type=int, default=42, help="Seed of tune's sampler (default 42).")
+    parser.add_argument("--tune_jobs", type=int, default=os.cpu_count() or 1,
+                        help="tune's --jobs: trials at once (default: one per core, as a user would run it).")
     parser.add_argument("--splits", default=None,
                         help="Comma-separated splits to run: u1..u5, ml-latest-small (default: all six).")
     args = parser.parse_args()
@@ -340,7 +342,7 @@ def main() -> None:
                 if system in VARIANTS:
                     score = run_lightning_mf(split, work, system=system)
                 elif system == "lightning_mf-tuned":
-                    score, found = run_tuned(split, work, args.tune, args.tune_seed)
+                    score, found = run_tuned(split, work, args.tune, args.tune_seed, args.tune_jobs)
                     tuned.append(found)
                 elif system == "surprise-svd-grid":
                     score = run_surprise_grid(split, work)
@@ -359,7 +361,8 @@ def main() -> None:
     if args.json:
         payload = {"machine": machine(), "results": results, "splits": [s.__dict__ for s in scores]}
         if args.tune is not None:
-            payload["tune"] = {"seconds": args.tune, "seed": args.tune_seed, "surprise_grid": SURPRISE_GRID,
+            payload["tune"] = {"seconds": args.tune, "seed": args.tune_seed, "jobs": args.tune_jobs,
+                               "surprise_grid": SURPRISE_GRID,
                                "studies": tuned}
         args.json.write_text(json.dumps(payload, indent=2) + "\n")
 

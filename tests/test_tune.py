@@ -269,3 +269,21 @@ def test_ctrl_c_in_a_trial_stops_the_study_resumably(tiny: SimpleNamespace, caps
     assert [t.state for t in load(tiny).trials] == [TrialState.FAIL]
     assert tune(tiny, "--trials", "2") == 0
     assert [t.number for t in load(tiny).trials] == [0, 1, 2], "the interrupted trial is kept but not counted"
+
+
+def test_jobs_share_one_study_across_processes(tiny: SimpleNamespace) -> None:
+    assert tune(tiny, "--trials", "10", "--timeout", "60", "--jobs", "2") == 0
+    trials = load(tiny).get_trials()
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    # The study stops at 10 finished trials whichever process finished them; the other process's
+    # trial running then may still finish (one more at most).
+    assert 10 <= len(finished) <= 11 and len(finished) == len(trials)
+    workers = [t.user_attrs["worker"] for t in trials]
+    assert set(workers) == {0, 1}, f"both processes ran trials: {workers}"
+    # Each process drew its own values: no two trials of the helper and the main one are the same.
+    drawn = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(drawn)) == len(drawn)
+    text = tiny.out.read_text()
+    assert f"of {len(trials)} trials" in text, "the main process wrote the report after the helper ended"
+    rows = list(csv.DictReader(tiny.out.with_name("best-trials.csv").open()))
+    assert len(rows) == len(trials)

@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "same epochs scores) or by its best epoch's.")
     parser.add_argument("--startup_trials", type=int, default=10,
                         help="Random trials before TPE starts modelling the results (default 10).")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="Processes running trials at once, sharing the study (default 1). A trial runs on "
+                        "one thread, so on an N-core CPU --jobs N searches N times as many trials in a --timeout.")
+    parser.add_argument("--worker", type=int, default=0, help=argparse.SUPPRESS)  # a --jobs helper's number
     return parser
 
 
@@ -69,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         configs=options.config, extra_args=extra, out=options.out, trials=options.trials, timeout=options.timeout,
         study=options.study, study_name=options.study_name, space=options.space, seed=options.seed,
         pruner=options.pruner, objective=options.objective, startup_trials=options.startup_trials,
+        jobs=options.jobs, worker=options.worker,
     )  # fmt: skip
     try:
         result = run_tune(tune, echo=lambda line: print(line, flush=True))
@@ -76,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted: the study is kept in {tune.study_path}; run the same command again to resume it",
               file=sys.stderr)
         return 130
+    if tune.worker:
+        return 0  # the process that started this helper reports the study
     csv_table, markdown_table = result.tables
     written = f"tables {csv_table} and {markdown_table}, plot {result.plot}, study {tune.study_path}"
     if result.best_config is None:

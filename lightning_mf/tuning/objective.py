@@ -100,6 +100,7 @@ class FitObjective:
             count, scored with its final weights, gets); `best`: the lowest over the epochs (for
             fits that keep the best checkpoint).
         deadline: `time.monotonic()` at which the study's time budget ends, or None.
+        worker: The process running the trial (`tune --jobs`: 0 the main one), kept with the trial.
     """
 
     configs: list[str]
@@ -108,8 +109,10 @@ class FitObjective:
     runs_dir: Path
     objective: Objective = "last"
     deadline: float | None = None
+    worker: int = 0
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", self.worker)
         values = self.space.sample(trial)
         folder = self.runs_dir / trial_name(trial.number)
         folder.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ even an interrupted study leaves them; the PNG is drawn when the run ends.
 
 from __future__ import annotations
 
+import subprocess
 import time
 import warnings
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+import torch
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -31,10 +33,12 @@ from lightning_mf.tuning.plots import plot_search
 from lightning_mf.tuning.pruners import OverfitPruner
 from lightning_mf.tuning.reports import short_names, trial_note, write_tables
 from lightning_mf.tuning.space import SearchSpace, load_space
+from lightning_mf.tuning.workers import SEED_STRIDE, start_helpers, threads_per_job, wait_for_helpers
 
 PrunerKind = Literal["overfit", "median", "halving", "none"]
 LOOSE_PERCENTILE = 90.0  # `overfit` prunes a trial worse than this percentile of the others at a step
 HEARTBEAT_S = 30
+SQLITE_LOCK_WAIT_S = 60
 STALE_AFTER_S = 120
 # Stored with the study and checked when it is resumed: trials run with other inputs would not compare.
 IDENTITY_KEYS = ("configs", "extra_args", "space", "objective")
@@ -59,6 +63,8 @@ class TuneOptions:
         objective: `last` or `best` epoch's `val/rmse` (see `FitObjective`).
         startup_trials: Trials sampled at random before TPE models the results (and before the
             median pruner prunes).
+        jobs: Processes running trials at once (`workers`); 1: this process only.
+        worker: 0 in the process the user started; K in the helper process K that one started.
     """
 
     configs: list[str]
@@ -73,6 +79,8 @@ class TuneOptions:
     pruner: PrunerKind = "overfit"
     objective: Objective = "last"
     startup_trials: int = 10
+    jobs: int = 1
+    worker: int = 0
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -82,6 +90,8 @@ class TuneOptions:
             raise DataError(f"--trials must be >= 1, found {self.trials}")
         if self.timeout is not None and self.timeout <= 0:
             raise DataError(f"--timeout must be > 0 seconds, found {self.timeout}")
+        if self.jobs < 1:
+            raise DataError(f"--jobs must be >= 1, found {self.jobs}")
         if self.startup_trials < 0:
             raise DataError(f"--startup_trials must be >= 0, found {self.startup_trials}")
         if self.pruner not in ("overfit", "median", "halving", "none"):
@@ -137,7 +147,9 @@ def open_study(options: TuneOptions, space: SearchSpace) -> optuna.Study:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the heartbeat
             storage = optuna.storages.RDBStorage(
-                f"sqlite:///{path.resolve()}", heartbeat_interval=HEARTBEAT_S, grace_period=STALE_AFTER_S
+                f"sqlite:///{path.resolve()}", heartbeat_interval=HEARTBEAT_S, grace_period=STALE_AFTER_S,
+                # With --jobs, processes write the file in turn: wait for the lock rather than fail.
+                engine_kwargs={"connect_args": {"timeout": SQLITE_LOCK_WAIT_S}},
             )
         resuming = options.study_name in optuna.get_all_study_names(storage)
     except SQLAlchemyError as error:
@@ -149,9 +161,10 @@ def open_study(options: TuneOptions, space: SearchSpace) -> optuna.Study:
         trials_before = len(optuna.load_study(study_name=options.study_name, storage=storage).trials)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group`
-        # Seeded by the trials so far, so a resumed study does not draw its first trials' values again.
+        # Seeded by the trials so far, so a resumed study does not draw its first trials' values
+        # again, and by the worker, so parallel processes do not draw the same values.
         sampler = optuna.samplers.TPESampler(
-            seed=options.seed + trials_before, n_startup_trials=options.startup_trials, multivariate=True, group=True
+            seed=options.seed + trials_before + SEED_STRIDE * options.worker, n_startup_trials=options.startup_trials, multivariate=True, group=True
         )
     study = optuna.create_study(
         storage=storage, study_name=options.study_name, direction="minimize", sampler=sampler,
@@ -231,13 +244,14 @@ def run_tune(options: TuneOptions, echo: Callable[[str], None] = print) -> TuneR
     deadline = started + options.timeout if options.timeout is not None else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial says it all
     study = open_study(options, space)
+    main_process = options.worker == 0
     names = short_names([p.key for p in space.params])
     done = len(finished_trials(study))
     remaining = None if options.trials is None else options.trials - done
-    if done:
+    if done and main_process:
         echo(f"resuming study {options.study_name!r} in {options.study_path}: {done} finished trials")
     objective = FitObjective(options.configs, options.extra_args, space, options.beside_out("runs"),
-                             options.objective, deadline)
+                             options.objective, deadline, options.worker)
     tables = (options.beside_out("trials.csv"), options.beside_out("trials.md"))
     plot = options.beside_out("search.png")
     best_config: Path | None = None
@@ -245,21 +259,32 @@ def run_tune(options: TuneOptions, echo: Callable[[str], None] = print) -> TuneR
     def after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         nonlocal best_config
         echo(progress_line(study, trial, options, time.monotonic() - started, names))
-        best_config = write_reports(study, options, space, tables)
-        more = remaining is None or len(finished_trials(study)) < options.trials
-        if more and (deadline is None or time.monotonic() < deadline):
+        if main_process:
+            best_config = write_reports(study, options, space, tables)
+        if options.trials is not None and len(finished_trials(study)) >= options.trials:
+            study.stop()  # other processes' trials count too
+        elif deadline is None or time.monotonic() < deadline:
             enqueue_alternate(study, space)
 
+    helpers: list[subprocess.Popen[bytes]] = []
+    stop_helpers = True
     try:
         if remaining is not None and remaining <= 0:
-            echo(f"the study already has {done} finished trials (--trials {options.trials}): nothing to run")
+            if main_process:
+                echo(f"the study already has {done} finished trials (--trials {options.trials}): nothing to run")
         else:
             enqueue_alternate(study, space)
+            if main_process and options.jobs > 1:
+                torch.set_num_threads(threads_per_job(options.jobs))
+                helpers = start_helpers(options, deadline)
             study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(TrialFailed,),
                            callbacks=[after_trial], gc_after_trial=True)
+        stop_helpers = False
     finally:
-        best_config = write_reports(study, options, space, tables)
-        plot_search(study, plot, title=f"tune: study {options.study_name!r}, {options.study_path.name}")
+        wait_for_helpers(helpers, stop=stop_helpers)
+        if main_process:
+            best_config = write_reports(study, options, space, tables)
+            plot_search(study, plot, title=f"tune: study {options.study_name!r}, {options.study_path.name}")
     return TuneResult(study, best_config, tables, plot)
 
 

@@ -163,8 +163,11 @@ def open_study(options: TuneOptions, space: SearchSpace) -> optuna.Study:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group`
         # Seeded by the trials so far, so a resumed study does not draw its first trials' values
         # again, and by the worker, so parallel processes do not draw the same values.
+        # `constant_liar`: with --jobs, trials still running elsewhere count as bad results, so the
+        # processes do not all sample the same promising spot.
         sampler = optuna.samplers.TPESampler(
-            seed=options.seed + trials_before + SEED_STRIDE * options.worker, n_startup_trials=options.startup_trials, multivariate=True, group=True
+            seed=options.seed + trials_before + SEED_STRIDE * options.worker, n_startup_trials=options.startup_trials,
+            multivariate=True, group=True, constant_liar=True,
         )
     study = optuna.create_study(
         storage=storage, study_name=options.study_name, direction="minimize", sampler=sampler,

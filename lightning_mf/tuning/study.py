@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.exc import SQLAlchemyError
 
 from lightning_mf.errors import DataError
+from lightning_mf.tuning.alternating import AlternatingSampler
 from lightning_mf.tuning.best_config import write_best_config
 from lightning_mf.tuning.objective import FAILED_NOTE, FitObjective, Objective, TrialFailed
 from lightning_mf.tuning.plots import plot_search
@@ -165,10 +166,11 @@ def open_study(options: TuneOptions, space: SearchSpace) -> optuna.Study:
         # again, and by the worker, so parallel processes do not draw the same values.
         # `constant_liar`: with --jobs, trials still running elsewhere count as bad results, so the
         # processes do not all sample the same promising spot.
-        sampler = optuna.samplers.TPESampler(
+        tpe = optuna.samplers.TPESampler(
             seed=options.seed + trials_before + SEED_STRIDE * options.worker, n_startup_trials=options.startup_trials,
             multivariate=True, group=True, constant_liar=True,
         )
+        sampler = AlternatingSampler(tpe, space)
     study = optuna.create_study(
         storage=storage, study_name=options.study_name, direction="minimize", sampler=sampler,
         pruner=make_pruner(options.pruner, options.startup_trials, options.objective), load_if_exists=True,
@@ -266,8 +268,6 @@ def run_tune(options: TuneOptions, echo: Callable[[str], None] = print) -> TuneR
             best_config = write_reports(study, options, space, tables)
         if options.trials is not None and len(finished_trials(study)) >= options.trials:
             study.stop()  # other processes' trials count too
-        elif deadline is None or time.monotonic() < deadline:
-            enqueue_alternate(study, space)
 
     helpers: list[subprocess.Popen[bytes]] = []
     stop_helpers = True
@@ -276,7 +276,6 @@ def run_tune(options: TuneOptions, echo: Callable[[str], None] = print) -> TuneR
             if main_process:
                 echo(f"the study already has {done} finished trials (--trials {options.trials}): nothing to run")
         else:
-            enqueue_alternate(study, space)
             if main_process and options.jobs > 1:
                 torch.set_num_threads(threads_per_job(options.jobs))
                 helpers = start_helpers(options, deadline)
@@ -289,15 +288,6 @@ def run_tune(options: TuneOptions, echo: Callable[[str], None] = print) -> TuneR
             best_config = write_reports(study, options, space, tables)
             plot_search(study, plot, title=f"tune: study {options.study_name!r}, {options.study_path.name}")
     return TuneResult(study, best_config, tables, plot)
-
-
-def enqueue_alternate(study: optuna.Study, space: SearchSpace) -> None:
-    """Queues the next trial with the alternated option's next choice (the sampler picks the rest),
-    unless the space alternates nothing or a queued trial is waiting already."""
-    trials = study.get_trials(deepcopy=False)
-    if space.alternated is None or any(trial.state == TrialState.WAITING for trial in trials):
-        return
-    study.enqueue_trial(space.next_alternate(trials))
 
 
 def write_reports(study: optuna.Study, options: TuneOptions, space: SearchSpace,

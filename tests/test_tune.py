@@ -271,8 +271,11 @@ def test_ctrl_c_in_a_trial_stops_the_study_resumably(tiny: SimpleNamespace, caps
     assert [t.number for t in load(tiny).trials] == [0, 1, 2], "the interrupted trial is kept but not counted"
 
 
-def test_jobs_share_one_study_across_processes(tiny: SimpleNamespace) -> None:
+def test_jobs_share_one_study_across_processes(tiny: SimpleNamespace, capsys: pytest.CaptureFixture[str]) -> None:
+    threads = torch.get_num_threads()
     assert tune(tiny, "--trials", "10", "--timeout", "60", "--jobs", "2") == 0
+    assert "exited with status" not in capsys.readouterr().out, "the helper ended cleanly"
+    assert torch.get_num_threads() == threads, "the process's thread count is the study's only while it runs"
     trials = load(tiny).get_trials()
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     # The study stops at 10 finished trials whichever process finished them; the other process's
@@ -287,3 +290,19 @@ def test_jobs_share_one_study_across_processes(tiny: SimpleNamespace) -> None:
     assert f"of {len(trials)} trials" in text, "the main process wrote the report after the helper ended"
     rows = list(csv.DictReader(tiny.out.with_name("best-trials.csv").open()))
     assert len(rows) == len(trials)
+
+
+def test_a_failed_helper_process_is_reported(tiny: SimpleNamespace, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from lightning_mf.tuning import study
+
+    def failing_helpers(options: object, deadline: float | None) -> list[subprocess.Popen[bytes]]:  # a helper that dies at once, as a crashed one would
+        return [subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])]
+
+    monkeypatch.setattr(study, "start_helpers", failing_helpers)
+    assert tune(tiny, "--trials", "2", "--jobs", "2") == 0
+    output = capsys.readouterr().out
+    assert "helper process 1 of --jobs 2 exited with status 3" in output
+    assert len(load(tiny).trials) == 2, "the main process ran the study on its own"

@@ -271,19 +271,25 @@ def run_tune(options: TuneOptions, echo: Callable[[str], None] = print) -> TuneR
 
     helpers: list[subprocess.Popen[bytes]] = []
     stop_helpers = True
+    threads = torch.get_num_threads()
     try:
         if remaining is not None and remaining <= 0:
             if main_process:
                 echo(f"the study already has {done} finished trials (--trials {options.trials}): nothing to run")
         else:
             if main_process and options.jobs > 1:
-                torch.set_num_threads(threads_per_job(options.jobs))
+                torch.set_num_threads(threads_per_job(options.jobs))  # this process's share, for the study only
                 helpers = start_helpers(options, deadline)
             study.optimize(objective, n_trials=remaining, timeout=options.timeout, catch=(TrialFailed,),
                            callbacks=[after_trial], gc_after_trial=True)
         stop_helpers = False
     finally:
-        wait_for_helpers(helpers, stop=stop_helpers)
+        statuses = wait_for_helpers(helpers, stop=stop_helpers)
+        torch.set_num_threads(threads)
+        for worker, status in enumerate(statuses, start=1):
+            if status != 0 and not stop_helpers:  # a stopped helper's status is ours, not news
+                echo(f"helper process {worker} of --jobs {options.jobs} exited with status {status} (its message "
+                     "is above); the trials it finished are in the study")
         if main_process:
             best_config = write_reports(study, options, space, tables)
             plot_search(study, plot, title=f"tune: study {options.study_name!r}, {options.study_path.name}")

@@ -1,4 +1,5 @@
-"""Builders of tiny prepared dataset folders that follow the contract in lightning_mf/data/schema.py."""
+"""Builders of tiny test data: prepared dataset folders that follow the contract in
+lightning_mf/data/schema.py, and in-memory rating batches."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
+from lightning_mf.data.batch import RatingBatch
 from lightning_mf.data.schema import ITEM, RATING, TIMESTAMP, USER, DatasetMeta, RatingScale, split_file
 
 _SCHEMA = pa.schema([(USER, pa.int32()), (ITEM, pa.int32()), (RATING, pa.float32()), (TIMESTAMP, pa.int64())])
@@ -84,3 +87,12 @@ def make_dataset(
 def read_split(folder: str | Path, split: str) -> pa.Table:
     """One split of a dataset folder as a pyarrow table (for comparisons in tests)."""
     return pq.read_table(Path(folder) / split_file(split))
+
+
+def random_rating_batch(size: int, seed: int, num_users: int, num_items: int) -> RatingBatch:
+    """A seeded batch of ratings 0.5..5 in halves; few users and items make rows repeat, as real batches do."""
+    generator = torch.Generator().manual_seed(seed)
+    user = torch.randint(0, num_users, (size,), generator=generator, dtype=torch.int32)
+    item = torch.randint(0, num_items, (size,), generator=generator, dtype=torch.int32)
+    rating = torch.randint(1, 11, (size,), generator=generator).float() / 2
+    return RatingBatch(user, item, rating)

@@ -20,6 +20,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from lightning_mf.training import fused_step
+from helpers import random_rating_batch
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.training.fused import FusedRowAdagrad
 from lightning_mf.training.module import RatingPredictor
@@ -30,12 +31,7 @@ NUM_USERS, NUM_ITEMS = 30, 20
 
 
 def batch_of(size: int, seed: int) -> RatingBatch:
-    generator = torch.Generator().manual_seed(seed)
-    # Few users and items: every batch repeats rows, as real batches do.
-    user = torch.randint(0, NUM_USERS, (size,), generator=generator, dtype=torch.int32)
-    item = torch.randint(0, NUM_ITEMS, (size,), generator=generator, dtype=torch.int32)
-    rating = torch.randint(1, 11, (size,), generator=generator).float() / 2
-    return RatingBatch(user, item, rating)
+    return random_rating_batch(size, seed, NUM_USERS, NUM_ITEMS)
 
 
 def module(**kwargs) -> RatingPredictor:

@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from helpers import random_rating_batch
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.training.fused import FusedRowAdagrad, FusedSGD
 from lightning_mf.training.module import RatingPredictor
@@ -17,11 +18,7 @@ NUM_USERS, NUM_ITEMS = 30, 20
 
 
 def batch_of(size: int, seed: int) -> RatingBatch:
-    generator = torch.Generator().manual_seed(seed)
-    user = torch.randint(0, NUM_USERS, (size,), generator=generator, dtype=torch.int32)
-    item = torch.randint(0, NUM_ITEMS, (size,), generator=generator, dtype=torch.int32)
-    rating = torch.randint(1, 11, (size,), generator=generator).float() / 2
-    return RatingBatch(user, item, rating)
+    return random_rating_batch(size, seed, NUM_USERS, NUM_ITEMS)
 
 
 def module(**kwargs: object) -> RatingPredictor:

@@ -24,6 +24,7 @@ from helpers import random_rating_batch
 from lightning_mf.data.batch import RatingBatch
 from lightning_mf.training.fused import FusedRowAdagrad
 from lightning_mf.training.module import RatingPredictor
+from lightning_mf.training.native_kernels import NativeStages
 from lightning_mf.training.optimization import step_schedulers
 from lightning_mf.training.optimizers import RowAdagrad
 
@@ -53,9 +54,11 @@ CASES = {
 @pytest.mark.parametrize("decay", [0.0, 0.01])
 @pytest.mark.parametrize("row_weights", [False, True], ids=["unweighted", "row-weighted"])
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("native", [False, True], ids=["eager", "native"])
 def test_update_equals_row_adagrad_through_autograd(kwargs: dict, decay: float, row_weights: bool,
-                                                    threads: int) -> None:
-    assert_matches_row_adagrad(kwargs, decay, row_weights, dict(threads=threads))
+                                                    threads: int, native: bool) -> None:
+    optimizer = assert_matches_row_adagrad(kwargs, decay, row_weights, dict(threads=threads, compile=native))
+    assert isinstance(optimizer._compiled, NativeStages) == native and not optimizer.compile_failed
 
 
 def assert_matches_row_adagrad(kwargs: dict, decay: float, row_weights: bool, fused_options: dict,
@@ -135,7 +138,7 @@ def plain_stages(monkeypatch: pytest.MonkeyPatch) -> list[PlainStages]:
 def test_compiled_stages_math_equals_row_adagrad(kwargs: dict, row_weights: bool,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     made = plain_stages(monkeypatch)
-    assert_matches_row_adagrad(kwargs, 0.01, row_weights, dict(threads=2, compile=True))
+    assert_matches_row_adagrad(kwargs, 0.01, row_weights, dict(threads=2, compile=True, kernels="inductor"))
     (stages,) = made
     # The first step runs in one thread (it compiles), the other two in both: every table, every step.
     assert stages.sizes["update_table", 64] == 2 * 3
@@ -148,7 +151,7 @@ def test_compiled_stages_serve_the_first_batch_size_only(monkeypatch: pytest.Mon
     reference = module(l2_bias=0.2)
     fused = copy.deepcopy(reference)
     reference_opt = RowAdagrad(reference.parameters(), lr=0.1)
-    fused_opt = FusedRowAdagrad(fused.parameters(), lr=0.1, compile=True)
+    fused_opt = FusedRowAdagrad(fused.parameters(), lr=0.1, compile=True, kernels="inductor")
     for seed, size in enumerate([64, 17, 64]):
         batch = batch_of(size, seed)
         loss, _ = reference.loss(batch)
@@ -171,7 +174,7 @@ def test_compile_failure_warns_once_and_trains_on_eagerly(monkeypatch: pytest.Mo
     monkeypatch.setattr("lightning_mf.training.fused_base.CompiledStages", Failing)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert_matches_row_adagrad({}, 0.01, True, dict(threads=2, compile=True))
+        assert_matches_row_adagrad({}, 0.01, True, dict(threads=2, compile=True, kernels="inductor"))
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert len(messages) == 1 and "compiling failed, training on with the eager kernels" in messages[0]
     assert "No working C++ compiler" in messages[0]
@@ -191,7 +194,8 @@ def test_torch_compiled_update_equals_row_adagrad_and_compiles_once() -> None:
     before = counters["stats"]["unique_graphs"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a failed compile would only warn
-        optimizer = assert_matches_row_adagrad({}, 0.01, True, dict(threads=2, compile=True), steps=4)
+        optimizer = assert_matches_row_adagrad({}, 0.01, True, dict(threads=2, compile=True, kernels="inductor"),
+                                               steps=4)
     assert optimizer.compiled_warm and not optimizer.compile_failed
     # Each table's update (two factor tables, two bias tables, by their shapes): no more.
     assert counters["stats"]["unique_graphs"] - before <= 4
@@ -310,11 +314,11 @@ def test_a_resumed_optimizer_compiles_for_the_batch_size_it_was_compiling_for(mo
     """Resumed on an epoch's short last batch, the kernels are still those of the full batch size."""
     made = plain_stages(monkeypatch)
     model = module(l2_bias=0.2)
-    first = FusedRowAdagrad(model.parameters(), lr=0.1, compile=True)
+    first = FusedRowAdagrad(model.parameters(), lr=0.1, compile=True, kernels="inductor")
     first.update(model.model, *batch_of(64, 0), l2=model.l2, l2_bias=model.l2_bias)
     state = first.state_dict()
     assert state["compiled_batch_size"] == 64
-    resumed = FusedRowAdagrad(model.parameters(), lr=0.1, compile=True)
+    resumed = FusedRowAdagrad(model.parameters(), lr=0.1, compile=True, kernels="inductor")
     resumed.load_state_dict(state)
     resumed.update(model.model, *batch_of(17, 1), l2=model.l2, l2_bias=model.l2_bias)  # eager: not the size
     resumed.update(model.model, *batch_of(64, 2), l2=model.l2, l2_bias=model.l2_bias)  # compiled

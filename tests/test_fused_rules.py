@@ -58,12 +58,13 @@ CASES = {
 
 @pytest.mark.parametrize("kwargs", CASES.values(), ids=CASES.keys())
 @pytest.mark.parametrize("threads", [1, 2])
-def test_fused_sgd_equals_sgd_through_autograd(kwargs: dict, threads: int) -> None:
+@pytest.mark.parametrize("native", [False, True], ids=["eager", "native"])
+def test_fused_sgd_equals_sgd_through_autograd(kwargs: dict, threads: int, native: bool) -> None:
     reference = module(**kwargs)
     reference.set_train_counts(*counts())
     fused = copy.deepcopy(reference)
     reference_opt = torch.optim.SGD(reference.parameters(), lr=0.02)  # (its weight decay rejects sparse gradients)
-    fused_opt = FusedSGD(fused.parameters(), lr=0.02, threads=threads)
+    fused_opt = FusedSGD(fused.parameters(), lr=0.02, threads=threads, compile=native)
     for seed in range(3):
         step_both(reference, fused, reference_opt, fused_opt, batch_of(64, seed))
     for (name, expected), actual in zip(reference.named_parameters(), fused.parameters()):
@@ -105,7 +106,8 @@ def svdpp_module() -> tuple[RatingPredictor, RatingBatch]:
     return model, history
 
 
-def test_lagged_svdpp_step_is_sgd_on_the_loss_with_z_fixed_and_collects_its_gradient() -> None:
+@pytest.mark.parametrize("native", [False, True], ids=["eager", "native"])
+def test_lagged_svdpp_step_is_sgd_on_the_loss_with_z_fixed_and_collects_its_gradient(native: bool) -> None:
     """One FusedSGD step: p, q and the biases move by autograd's gradient of the loss with the
     user terms z = A y held fixed, and G collects the gradient by z."""
     fused, _ = svdpp_module()
@@ -125,9 +127,10 @@ def test_lagged_svdpp_step_is_sgd_on_the_loss_with_z_fixed_and_collects_its_grad
             + w_i[item] * q[item].pow(2).sum(1)) + 0.05 * (bu[user].pow(2) + bi[item].pow(2))
             + 0.07 * z[user].pow(2).sum(1)).sum()
     loss.backward()
-    optimizer = FusedSGD(fused.parameters(), lr=0.01)
+    optimizer = FusedSGD(fused.parameters(), lr=0.01, compile=native)
     optimizer.update(model, *batch, l2=0.05, l2_bias=0.05, l2_implicit=0.07, row_weights=fused.penalty_weights,
                      reduction="sum")
+    assert (optimizer._compiled is not None) == native
     torch.testing.assert_close(model.user_factors.weight, p.detach() - 0.01 * p.grad)
     torch.testing.assert_close(model.item_factors.weight, q.detach() - 0.01 * q.grad)
     torch.testing.assert_close(model.user_bias.weight.view(-1), bu.detach() - 0.01 * bu.grad)

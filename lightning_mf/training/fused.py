@@ -18,7 +18,8 @@ derivatives) is row by row, so on CPU (`threads=2`) each of two threads takes ha
 The update stage is per table (a row can repeat in a batch, so two threads must not add into one
 table): one thread updates the user factors, the other the item factors, both bias tables and the
 SVD++ gradient (`fused_tables`). Batch-sized buffers are kept between steps (`cpu_step`).
-`compile=True` runs each table's update as one C++ loop (`fused_kernels`). Under DDP the ranks
+`compile=True` (the default) runs the gather and each table's update as C loops that prefetch the
+next ratings' rows (`native_kernels`; `kernels="inductor"`: torch.compile's, `fused_kernels`). Under DDP the ranks
 exchange what makes every rank apply the global batch's update (`fused_exchange`). The SVD++ term
 runs lagged (`fused_implicit`); `RatingPredictor` refreshes it at every epoch's end.
 
@@ -31,7 +32,7 @@ gloo or NCCL. Not supported (rejected up front): dropout and ensembles, which ne
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -56,12 +57,15 @@ class FusedRowAdagrad(FusedRowOptimizer):
             cores). With torch's intra-op threads set to 1 this uses the second core without
             OpenMP's barriers, which a busy machine stalls. 1 runs everything in the calling
             thread. Ignored on GPUs.
-        compile: On CPU, run each table's update as one loop compiled by `torch.compile`
-            (inductor, C++): 1.3x the ratings per second of the eager kernels at MovieLens-25M
-            sizes, for a compile of about 16 s on the first step of a process (3 s once
-            inductor's on-disk cache holds the kernels). Needs a C++ compiler; if compiling fails the
-            optimizer warns and stays eager. Batches of another size than the first (an epoch's
-            last) run eagerly rather than compiling again. Ignored on GPUs.
+        compile: On CPU (default: on), run the step's loops compiled, by the backend `kernels`
+            names. Needs a C compiler; if compiling fails the optimizer warns once and runs its
+            eager torch kernels (the same math). Ignored on GPUs.
+        kernels: With `compile`, `native` (default): the C loops of
+            `lightning_mf.training.native_kernels`, which prefetch the next ratings' rows (the
+            gather and Gram products too; built in about a second, cached on disk, any batch
+            size); `inductor`: each table's update compiled by `torch.compile` (about 16 s on a
+            process's first step, 3 s from inductor's cache; an epoch's shorter last batch runs
+            eagerly rather than compiling again). `benchmarks/throughput.py` compares them.
         keep_freed_memory: On CPU, at the first step, ask glibc to keep freed batch-sized
             buffers in the heap instead of returning them to the OS (a process-wide setting, see
             `lightning_mf.training.allocator`): the loader's and the step's temporaries are then
@@ -84,7 +88,8 @@ class FusedRowAdagrad(FusedRowOptimizer):
         initial_accumulator_value: float = 0.0,
         weight_decay: float = 0.0,
         threads: int = 2,
-        compile: bool = False,  # noqa: A002 - the name users know from torch.compile
+        compile: bool = True,  # noqa: A002 - the name users know from torch.compile
+        kernels: Literal["native", "inductor"] = "native",
         keep_freed_memory: bool = False,
         huge_pages: bool = True,
         distributed_update: Exchange = "auto",
@@ -92,7 +97,7 @@ class FusedRowAdagrad(FusedRowOptimizer):
         check_hyperparameters("FusedRowAdagrad", lr, eps, weight_decay, initial_accumulator_value)
         super().__init__(params, dict(lr=lr, eps=eps, initial_accumulator_value=initial_accumulator_value,
                                       weight_decay=weight_decay, threads=threads, compile=compile,
-                                      keep_freed_memory=keep_freed_memory, huge_pages=huge_pages,
+                                      kernels=kernels, keep_freed_memory=keep_freed_memory, huge_pages=huge_pages,
                                       distributed_update=distributed_update))
 
 
@@ -110,6 +115,7 @@ class FusedSGD(FusedRowOptimizer):
         weight_decay: L2 coefficient added to the gradient of every looked-up row, once per occurrence.
         threads: As `FusedRowAdagrad`'s.
         compile: As `FusedRowAdagrad`'s.
+        kernels: As `FusedRowAdagrad`'s.
         keep_freed_memory: As `FusedRowAdagrad`'s.
         huge_pages: As `FusedRowAdagrad`'s.
         distributed_update: As `FusedRowAdagrad`'s.
@@ -123,14 +129,15 @@ class FusedSGD(FusedRowOptimizer):
         lr: float = 0.01,
         weight_decay: float = 0.0,
         threads: int = 2,
-        compile: bool = False,  # noqa: A002 - the name users know from torch.compile
+        compile: bool = True,  # noqa: A002 - the name users know from torch.compile
+        kernels: Literal["native", "inductor"] = "native",
         keep_freed_memory: bool = False,
         huge_pages: bool = True,
         distributed_update: Exchange = "auto",
     ) -> None:
         check_hyperparameters("FusedSGD", lr, 1.0, weight_decay)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, threads=threads, compile=compile,
-                                      keep_freed_memory=keep_freed_memory, huge_pages=huge_pages,
+                                      kernels=kernels, keep_freed_memory=keep_freed_memory, huge_pages=huge_pages,
                                       distributed_update=distributed_update))
 
 

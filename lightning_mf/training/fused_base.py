@@ -22,10 +22,17 @@ from lightning_mf.training.allocator import keep_freed_memory as _keep_freed_mem
 from lightning_mf.training.cpu_step import KeptBuffers, SecondThread
 from lightning_mf.training.fused_implicit import GRADIENT_KEY, LaggedImplicitTerm
 from lightning_mf.training.fused_kernels import CompiledStages
-from lightning_mf.training.fused_step import VECTORS, Penalties, Rule, StepInputs, forward_part
+from lightning_mf.training.fused_step import (
+    VECTORS,
+    Penalties,
+    Rule,
+    StepInputs,
+    forward_part,
+)
 from lightning_mf.training.fused_tables import TableUpdates, apply_dense
 from lightning_mf.training.huge_pages import empty_on_huge_pages, move_to_huge_pages
 from lightning_mf.training.model import MatrixFactorization
+from lightning_mf.training.native_kernels import NativeStages
 from lightning_mf.training.penalties import PenaltyRowWeights
 
 
@@ -37,6 +44,8 @@ class FusedRowOptimizer(Optimizer):
     def __init__(self, params: Iterable[Tensor] | Iterable[dict[str, Any]], defaults: dict[str, Any]) -> None:
         if defaults["threads"] not in (1, 2):
             raise ValueError(f"{type(self).__name__}: threads must be 1 or 2, got {defaults['threads']}")
+        if defaults.get("kernels", "native") not in ("native", "inductor"):
+            raise ValueError(f"{type(self).__name__}: kernels must be native or inductor, got {defaults['kernels']!r}")
         if defaults["distributed_update"] not in ("auto", "ratings", "dense"):
             raise ValueError(f"{type(self).__name__}: distributed_update must be auto, ratings or dense, got "
                              f"{defaults['distributed_update']!r}")
@@ -48,7 +57,7 @@ class FusedRowOptimizer(Optimizer):
         after unpickling, since `Optimizer.__getstate__` keeps only the state and the groups."""
         self._thread = SecondThread()
         self._buffers = KeptBuffers()
-        self._compiled: CompiledStages | None = None
+        self._compiled: CompiledStages | NativeStages | None = None
         self._compiled_size: int | None = None
         self.compiled_warm = False  # a step has run the compiled kernels
         self.compile_failed = False
@@ -161,14 +170,15 @@ class FusedRowOptimizer(Optimizer):
                 self.defaults["distributed_update"], global_size, model.num_users, model.num_items,
                 model.user_factors.weight.shape[1], model.implicit_factors is not None)
             # Under the ratings exchange, the local forward only finds each rating's g (n = 1).
+            native = compiled if isinstance(compiled, NativeStages) else None
             local = self._inputs(model, user, item, rating, 1.0 if exchange == "ratings" else loss_weight,
-                                 *penalties)
+                                 *penalties, native)
             self._thread.split_batch(threaded, user.shape[0], partial(forward_part, local))
             error = local.vector("error")
             mse = torch.dot(error, error) / user.shape[0]
             if exchange == "ratings":
                 user, item, g = fused_exchange.gather_ratings(user, item, local.vector("g"), sizes)
-                step = self._inputs(model, user, item, None, loss_weight, *penalties)
+                step = self._inputs(model, user, item, None, loss_weight, *penalties, native)
                 step.vector("d").copy_(g).mul_(loss_weight)
                 self._thread.split_batch(threaded, global_size, partial(forward_part, step))
             else:
@@ -184,7 +194,7 @@ class FusedRowOptimizer(Optimizer):
 
     def _inputs(self, model: MatrixFactorization, user: Tensor, item: Tensor, rating: Tensor | None,
                 loss_weight: float, l2: float, l2_bias: float, l2_implicit: float,
-                row_weights: PenaltyRowWeights | None) -> StepInputs:
+                row_weights: PenaltyRowWeights | None, native: NativeStages | None = None) -> StepInputs:
         """A step's inputs, penalty coefficients and kept buffers, before the forward stage fills them."""
         users, items = model.user_factors.weight, model.item_factors.weight
         size, width = user.shape[0], users.shape[1]
@@ -203,7 +213,7 @@ class FusedRowOptimizer(Optimizer):
             model, user, item, rating, loss_weight, penalties,
             self._buffers.get(f"{tag}-rows", (rows, size, width), like),
             self._buffers.get(f"{tag}-gram", (size, rows, rows), like),
-            self._buffers.get(f"{tag}-vectors", (len(VECTORS), size), like), implicit,
+            self._buffers.get(f"{tag}-vectors", (len(VECTORS), size), like), implicit, native,
         )
 
     def _penalty(self, table: Tensor, per_rating: float, weight: Tensor | None = None) -> Tensor | float:
@@ -267,10 +277,14 @@ class FusedRowOptimizer(Optimizer):
                     for param in group["params"]:
                         move_to_huge_pages(param)
 
-    def _compiled_stages(self, device: torch.device, size: int) -> CompiledStages | None:
-        """The compiled table updates for a step of `size` ratings, or None where the step runs eagerly."""
+    def _compiled_stages(self, device: torch.device, size: int) -> CompiledStages | NativeStages | None:
+        """The compiled loops for a step of `size` ratings, or None where the step runs eagerly."""
         if not self.defaults["compile"] or device.type != "cpu" or self.compile_failed:
             return None
+        if self.defaults.get("kernels", "native") == "native":  # any batch size: nothing to recompile
+            if self._compiled is None and not self.run_compiled(self._load_native):
+                return None
+            return self._compiled
         # Compiled for the first batch's size only: an epoch's shorter last batch is not worth a recompile.
         if self._compiled_size is None:
             self._compiled_size = size
@@ -279,6 +293,9 @@ class FusedRowOptimizer(Optimizer):
         if self._compiled is None:
             self._compiled = CompiledStages()
         return self._compiled
+
+    def _load_native(self) -> None:
+        self._compiled = NativeStages()
 
     def run_compiled(self, call: Callable[[], None]) -> bool:
         """Runs a compiled update; False (after one warning) where compiling failed, so the caller

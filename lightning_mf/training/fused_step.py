@@ -27,6 +27,7 @@ from torch import Tensor
 
 from lightning_mf.training.low_precision import gather_rows
 from lightning_mf.training.model import MatrixFactorization
+from lightning_mf.training.native_kernels import NativeStages
 from lightning_mf.training.row_adagrad import row_adagrad_step
 
 AddRows = Callable[[Tensor, Tensor, Tensor], None]
@@ -62,6 +63,7 @@ class StepInputs(NamedTuple):
     gram: Tensor  # (B, 2 or 3, 2 or 3): their dot products per rating
     vectors: Tensor  # (len(VECTORS), B)
     implicit_table: Tensor | None  # the lagged SVD++ user terms z, (num_users, D), or None
+    native: NativeStages | None = None  # the C loops, where the step runs them (CPU, float32 tables)
 
     @property
     def penalized(self) -> bool:
@@ -78,10 +80,30 @@ def forward_part(step: StepInputs, part: slice) -> None:
     also their errors, `g` and `d`; then the derivative products the updates need."""
     model, user, item = step.model, step.user[part], step.item[part]
     rows, gram = step.rows[:, part], step.gram[part]
-    gather_rows(model.user_factors.weight, user, rows[P])
-    gather_rows(model.item_factors.weight, item, rows[Q])
+    tables = [model.user_factors.weight, model.item_factors.weight]
     if step.implicit_table is not None:
-        gather_rows(step.implicit_table, user, rows[Z])
+        tables.append(step.implicit_table)
+    if step.native is not None and all(table.dtype == torch.float32 for table in tables):
+        # One loop gathers the rows and takes their dot products while they are in cache.
+        step.native.gather_gram([table.detach() for table in tables], [user, item, user][: len(tables)],
+                                list(rows.unbind(0)), gram)
+    else:
+        _gather_and_multiply(tables, user, item, rows, gram)
+    vectors = step.vectors[:, part]
+    user_bias, item_bias, error, g, d = (vectors[VECTORS.index(name)] for name in VECTORS[:5])
+    if model.user_bias is not None and model.item_bias is not None:
+        gather_rows(model.user_bias.weight.view(-1), user, user_bias)
+        gather_rows(model.item_bias.weight.view(-1), item, item_bias)
+    if step.rating is not None:
+        _errors(step, gram, user_bias, item_bias, step.rating[part], error, g)
+        torch.mul(g, step.loss_weight, out=d)
+    _derivative_products(step, gram, vectors)
+
+
+def _gather_and_multiply(tables: list[Tensor], user: Tensor, item: Tensor, rows: Tensor, gram: Tensor) -> None:
+    """The rows of the batch (p, q [, z]) into `rows` and their dot products into `gram`, with torch kernels."""
+    for index, (table, looked_up) in enumerate(zip(tables, [user, item, user])):
+        gather_rows(table, looked_up, rows[index])
     if rows.device.type == "cpu":
         # The rows side by side ((B, R, D), a strided view of the blocks) make all their dot
         # products one batched matrix product: a single read of the rows instead of several.
@@ -92,15 +114,6 @@ def forward_part(step: StepInputs, part: slice) -> None:
             for b in range(a, rows.shape[0]):
                 gram[:, a, b] = (rows[a] * rows[b]).sum(1)
                 gram[:, b, a] = gram[:, a, b]
-    vectors = step.vectors[:, part]
-    user_bias, item_bias, error, g, d = (vectors[VECTORS.index(name)] for name in VECTORS[:5])
-    if model.user_bias is not None and model.item_bias is not None:
-        gather_rows(model.user_bias.weight.view(-1), user, user_bias)
-        gather_rows(model.item_bias.weight.view(-1), item, item_bias)
-    if step.rating is not None:
-        _errors(step, gram, user_bias, item_bias, step.rating[part], error, g)
-        torch.mul(g, step.loss_weight, out=d)
-    _derivative_products(step, gram, vectors)
 
 
 def _errors(step: StepInputs, gram: Tensor, user_bias: Tensor, item_bias: Tensor, rating: Tensor, error: Tensor,

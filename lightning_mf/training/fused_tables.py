@@ -92,7 +92,11 @@ class TableUpdates:
         if self.implicit:
             gradient = (self.collected["implicit"][0] if self.dense
                         else self.optimizer.implicit_gradient(model))
-            accumulate(gradient, step.user, step.vector("d"), self.q, step.rows[Z], penalties.implicit)
+            if step.native is not None and not self.dense:
+                step.native.implicit_accumulate(gradient, step.user, step.vector("d"), self.q, step.rows[Z],
+                                                penalties.implicit)
+            else:
+                accumulate(gradient, step.user, step.vector("d"), self.q, step.rows[Z], penalties.implicit)
 
     @torch.no_grad()  # grad mode is per thread: the worker thread needs its own
     def _factors(self, table: Tensor, rows: Tensor, own: Tensor, other: Tensor, c: Tensor | float, d_dot: Tensor,

@@ -138,3 +138,8 @@ def test_a_missing_compiler_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(native_kernels.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match=r"no C compiler found \(tried \$CC, cc, gcc and clang\)"):
         native_kernels.c_compiler()
+
+
+def test_an_unknown_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="FusedSGD: kernels must be native or inductor, got 'cuda'"):
+        FusedSGD(module(4).parameters(), kernels="cuda")

@@ -128,3 +128,23 @@ def test_fast_path_matches_the_dense_path_rmse_on_ml_latest_small(ml_latest_smal
     assert fast <= dense + TOLERANCE, results
     # Both are real fits, well below the global-mean baseline (~1.04 on this split).
     assert max(dense, fast) < 0.90, results
+
+
+def test_step_stages_reports_every_stage_of_every_backend(tmp_path: Path) -> None:
+    out = tmp_path / "stages.json"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "step_stages.py"), "--users", "300",
+                             "--items", "200", "--dim", "16", "--batch_size", "256", "--steps", "3", "--warmup", "1",
+                             "--backends", "eager,native", "--json", str(out)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    from step_stages import STAGES
+
+    assert set(figures["milliseconds"]) == {"eager", "native"} and figures["timed_steps"] == 2
+    for backend, stages in figures["milliseconds"].items():
+        assert set(stages) == set(STAGES) and all(positive(value) for value in stages.values()), backend
+    from machine import cpu_model
+
+    assert result.stdout.startswith(f"machine: {cpu_model()}, "), "the CPU model comes with the figures"
+    assert "| native |" in result.stdout and "| eager |" in result.stdout

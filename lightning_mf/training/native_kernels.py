@@ -4,9 +4,9 @@ Why not inductor (`fused_kernels`), whose loops do the same arithmetic: a step's
 mostly waiting for rows at random addresses in tables larger than the caches, and only a loop that
 asks for the next ratings' rows ahead of time (a software prefetch, which inductor does not emit)
 overlaps those misses. At MovieLens-25M shapes (dim 128, batches of 32,768) the C loops run a
-table's update in about 40% of the time of inductor's kernel and the gather with its Gram products
-in half of the time of `index_select` and a batched matrix product (`benchmarks/throughput.py`
-has the figures of a whole fit). They also build in about a second instead of inductor's 16, and
+table's update in about 40% of the time of inductor's kernel and the forward stage in about 55% of
+the eager one's (`index_select` and a batched matrix product): `benchmarks/step_stages.py` times
+each stage, `benchmarks/throughput.py` whole fits. They also build in about a second instead of inductor's 16, and
 for any batch size.
 
 The library is compiled once per source, compiler and CPU (`-march=native`, so the cache key holds

@@ -210,6 +210,48 @@ def test_default_space_samples_conditional_options() -> None:
     assert nest({"a.b": 1, "a.c.d": 2}) == {"a": {"b": 1, "c": {"d": 2}}}
 
 
+def _alternated_trials(space_text: str, scores: list[tuple[bool, float | None]]) -> list[bool]:
+    """The SVD++ choices of 6 more trials after `scores` ((choice, val or None for pruned) per trial),
+    each one's choice drawn by `next_alternate` from the trials before it, scored 0.9 (complete)."""
+    space = yaml.safe_load(space_text)
+    path = Path(space.pop("path"))
+    path.write_text(yaml.safe_dump(space))
+    loaded = load_space(path)
+    key = "model.implicit_feedback"
+    distribution = optuna.distributions.CategoricalDistribution([True, False])
+
+    def trial(choice: bool, value: float | None) -> optuna.trial.FrozenTrial:
+        state = TrialState.COMPLETE if value is not None else TrialState.PRUNED
+        return optuna.trial.create_trial(params={key: choice}, distributions={key: distribution}, value=value,
+                                         state=state)
+
+    trials = [trial(choice, value) for choice, value in scores]
+    drawn = []
+    for _ in range(6):
+        choice = loaded.next_alternate(trials)[key]
+        drawn.append(choice)
+        trials.append(trial(choice, 0.9))
+    return drawn
+
+
+def test_alternate_n_takes_turns_then_favours_the_best_trials_choice(tmp_path: Path) -> None:
+    space = f"path: {tmp_path / 'space.yaml'}\nsearch:\n  model.implicit_feedback: {{choices: [true, false], alternate: ALT}}\n"
+    # Two trials each, the best one without SVD++ (0.80), one trial pruned.
+    history = [(True, 0.85), (False, 0.80), (True, None), (False, 0.95)]
+    # Turns throughout: the least taken choice, the first listed on ties.
+    assert _alternated_trials(space.replace("ALT", "true"), history) == [True, False] * 3
+    # Not yet 3 trials of each: still turns.
+    assert _alternated_trials(space.replace("ALT", "3"), history[:3])[:2] == [False, True]
+    # 2 of each: the leader (False) takes trials until it holds 3 in 4 of them (7 of the 9), then the
+    # other gets its turn.
+    assert _alternated_trials(space.replace("ALT", "2"), history) == [False] * 5 + [True]
+    # Before any trial completes there is no leader: turns (False, the least taken); that trial
+    # completes, so its choice leads.
+    pruned = [(True, None)] * 3 + [(False, None)] * 2
+    assert _alternated_trials(space.replace("ALT", "2"), pruned)[:3] == [False, False, False]
+    assert load_space(tmp_path / "space.yaml").describe()["search"]["model.implicit_feedback"]["alternate"] == 2
+
+
 @pytest.mark.parametrize(("search", "message"), [
     ("model.l2: {low: 0.0, high: 1.0, log: true}", r"search\.model\.l2: a log range needs low > 0"),
     ("model.l2: {low: 1.0, high: 0.5}", r"search\.model\.l2: `low` must be below `high`"),
@@ -219,7 +261,9 @@ def test_default_space_samples_conditional_options() -> None:
     ("model.l2_implicit: {low: 0.1, high: 1.0, when: {model.implicit_feedback: true}}",
      r"`when` names model\.implicit_feedback, which is neither fixed nor searched before it"),
     ("model.sparse: {choices: [true, false]}", r"model\.sparse is both fixed and searched"),
-    ("model.l2: {low: 0.1, high: 1.0, alternate: true}", r"`alternate` must be true or false, and only goes with"),
+    ("model.l2: {low: 0.1, high: 1.0, alternate: true}", r"`alternate` must be true, false or a number of trials"),
+    ("model.sparse2: {choices: [true, false], alternate: 0}", r"`alternate` must be true, false or a number of trials >= 1"),
+    ("model.sparse2: {choices: [true, false], alternate: 2.5}", r"found 2\.5"),
 ])
 def test_bad_space_is_refused_naming_file_and_option(tmp_path: Path, search: str, message: str) -> None:
     path = tmp_path / "space.yaml"

@@ -16,12 +16,14 @@ from typing import Any
 
 import optuna
 import yaml
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from lightning_mf.errors import DataError
 
 DEFAULT_SPACE = Path(__file__).with_name("space.yaml")
 RANGE_KEYS = frozenset({"low", "high", "log", "step", "choices", "when", "alternate"})
+# With `alternate: N`, the share of trials the best trial's choice takes once each choice has N.
+LEADER_SHARE = 0.75
 Scalar = bool | int | float | str | None
 
 
@@ -38,7 +40,9 @@ class Param:
         choices: The values of a categorical option (then `low` and `high` are unset).
         when: Conditions `{key: value}` on earlier options; the option is sampled only if all hold.
         alternate: For `choices`: trials take the choices in turn (`SearchSpace.next_alternate`)
-            instead of the sampler choosing, so each gets its share of trials.
+            instead of the sampler choosing, so each gets its share of trials: True for turns
+            throughout, N for turns until each choice has N trials, then the leading choice
+            takes LEADER_SHARE of them.
     """
 
     key: str
@@ -48,7 +52,7 @@ class Param:
     step: int | None = None
     choices: tuple[Scalar, ...] | None = None
     when: dict[str, Scalar] = field(default_factory=dict)
-    alternate: bool = False
+    alternate: bool | int = False
 
     @property
     def is_int(self) -> bool:
@@ -76,7 +80,7 @@ class Param:
         if self.when:
             spec["when"] = dict(self.when)
         if self.alternate:
-            spec["alternate"] = True
+            spec["alternate"] = self.alternate
         return spec
 
 
@@ -113,18 +117,32 @@ class SearchSpace:
         return next((param for param in self.params if param.alternate), None)
 
     def next_alternate(self, trials: list[FrozenTrial]) -> dict[str, Scalar]:
-        """The fixed value the next trial takes for the alternated option: the choice fewest of
-        `trials` took (the first listed on ties). Empty if the space alternates nothing.
+        """The fixed value the next trial takes for the alternated option: the choice furthest
+        below its share of `trials` (the first listed on ties), the shares equal in turns and
+        LEADER_SHARE for the best complete trial's choice once each choice has `alternate` trials.
+        Empty if the space alternates nothing.
 
         Why: TPE models a categorical option from the best trials so far, and one that changes
         the model's structure and cost (the SVD++ term) is decided by a handful of random
         startup trials: in ten-minute studies on ml-100k, none chose SVD++ again after the
-        startup, although it wins on these data once its own settings are searched."""
+        startup, although it wins on these data once its own settings are searched. Strict turns,
+        though, spend half a study on the losing choice (README, "What a 10-minute search finds")."""
         param = self.alternated
         if param is None or param.choices is None:
             return {}
+        choices = param.choices
         taken = [trial.params.get(param.key) for trial in trials if param.key in trial.params]
-        return {param.key: min(param.choices, key=lambda choice: (taken.count(choice), param.choices.index(choice)))}
+        counts = [taken.count(choice) for choice in choices]
+        share = [1.0 / len(choices)] * len(choices)
+        leader = _leading_choice(param.key, trials)
+        if param.alternate is not True and min(counts) >= param.alternate and leader in choices:
+            # Turns until every choice has had a fair sample, then most trials go to the choice of
+            # the best trial (its own settings are searched more), the rest still to the others.
+            others = (1.0 - LEADER_SHARE) / max(len(choices) - 1, 1)
+            share = [LEADER_SHARE if choice == leader else others for choice in choices]
+        total = len(taken) + 1
+        deficit = [share[i] * total - counts[i] for i in range(len(choices))]
+        return {param.key: choices[max(range(len(choices)), key=lambda i: (deficit[i], -i))]}
 
     def trial_settings(self, values: dict[str, Any]) -> dict[str, Any]:
         """The config of a trial with searched `values`: the fixed settings and the values, nested."""
@@ -133,6 +151,12 @@ class SearchSpace:
     def describe(self) -> dict[str, Any]:
         """The space as a space file holds it (`tune --print_space`; saved with the study)."""
         return {"fixed": dict(self.fixed), "search": {p.key: p.describe() for p in self.params}}
+
+
+def _leading_choice(key: str, trials: list[FrozenTrial]) -> Scalar | None:
+    """The value of `key` in the best complete trial (None before any completes)."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and key in t.params]
+    return min(complete, key=lambda t: t.value).params[key] if complete else None
 
 
 def nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -179,7 +203,7 @@ def load_space(path: str | Path | None = None) -> SearchSpace:
         if key in fixed:
             raise DataError(f"--space {path}: {key} is both fixed and searched; keep one")
         params.append(_param(path, str(key), spec, known={*fixed, *(p.key for p in params)}))
-    if sum(param.alternate for param in params) > 1:
+    if sum(bool(param.alternate) for param in params) > 1:
         raise DataError(f"--space {path}: at most one option can `alternate`, found "
                         f"{[param.key for param in params if param.alternate]}")
     space = SearchSpace({str(k): v for k, v in fixed.items()}, tuple(params), str(path))
@@ -202,8 +226,10 @@ def _param(path: Path, key: str, spec: Any, known: set[str]) -> Param:
         if condition not in known:
             raise DataError(f"{where}: `when` names {condition}, which is neither fixed nor searched before it")
     alternate = spec.get("alternate", False)
-    if not isinstance(alternate, bool) or (alternate and "choices" not in spec):
-        raise DataError(f"{where}: `alternate` must be true or false, and only goes with `choices`")
+    counted = isinstance(alternate, int) and not isinstance(alternate, bool)
+    if not (isinstance(alternate, bool) or (counted and alternate >= 1)) or (alternate and "choices" not in spec):
+        raise DataError(f"{where}: `alternate` must be true, false or a number of trials >= 1, and only goes "
+                        f"with `choices`, found {alternate!r}")
     if alternate and when:
         raise DataError(f"{where}: an `alternate` option cannot have a `when` condition")
     if "choices" in spec:

@@ -210,12 +210,11 @@ def test_default_space_samples_conditional_options() -> None:
     assert nest({"a.b": 1, "a.c.d": 2}) == {"a": {"b": 1, "c": {"d": 2}}}
 
 
-def _alternated_trials(space_text: str, scores: list[tuple[bool, float | None]]) -> list[bool]:
-    """The SVD++ choices of 6 more trials after `scores` ((choice, val or None for pruned) per trial),
-    each one's choice drawn by `next_alternate` from the trials before it, scored 0.9 (complete)."""
-    space = yaml.safe_load(space_text)
-    path = Path(space.pop("path"))
-    path.write_text(yaml.safe_dump(space))
+def _alternated_trials(path: Path, alternate: str, scores: list[tuple[bool, float | None]]) -> list[bool]:
+    """The SVD++ choices of 6 more trials after `scores` ((choice, val or None for pruned) per trial)
+    in a space file at `path` with `alternate: <alternate>`, each one's choice drawn by
+    `next_alternate` from the trials before it, scored 0.9 (complete)."""
+    path.write_text(f"search:\n  model.implicit_feedback: {{choices: [true, false], alternate: {alternate}}}\n")
     loaded = load_space(path)
     key = "model.implicit_feedback"
     distribution = optuna.distributions.CategoricalDistribution([True, False])
@@ -235,21 +234,21 @@ def _alternated_trials(space_text: str, scores: list[tuple[bool, float | None]])
 
 
 def test_alternate_n_takes_turns_then_favours_the_best_trials_choice(tmp_path: Path) -> None:
-    space = f"path: {tmp_path / 'space.yaml'}\nsearch:\n  model.implicit_feedback: {{choices: [true, false], alternate: ALT}}\n"
+    space = tmp_path / "space.yaml"
     # Two trials each, the best one without SVD++ (0.80), one trial pruned.
     history = [(True, 0.85), (False, 0.80), (True, None), (False, 0.95)]
     # Turns throughout: the least taken choice, the first listed on ties.
-    assert _alternated_trials(space.replace("ALT", "true"), history) == [True, False] * 3
+    assert _alternated_trials(space, "true", history) == [True, False] * 3
     # Not yet 3 trials of each: still turns.
-    assert _alternated_trials(space.replace("ALT", "3"), history[:3])[:2] == [False, True]
+    assert _alternated_trials(space, "3", history[:3])[:2] == [False, True]
     # 2 of each: the leader (False) takes trials until it holds 3 in 4 of them (7 of the 9), then the
     # other gets its turn.
-    assert _alternated_trials(space.replace("ALT", "2"), history) == [False] * 5 + [True]
+    assert _alternated_trials(space, "2", history) == [False] * 5 + [True]
     # Before any trial completes there is no leader: turns (False, the least taken); that trial
     # completes, so its choice leads.
     pruned = [(True, None)] * 3 + [(False, None)] * 2
-    assert _alternated_trials(space.replace("ALT", "2"), pruned)[:3] == [False, False, False]
-    assert load_space(tmp_path / "space.yaml").describe()["search"]["model.implicit_feedback"]["alternate"] == 2
+    assert _alternated_trials(space, "2", pruned)[:3] == [False, False, False]
+    assert load_space(space).describe()["search"]["model.implicit_feedback"]["alternate"] == 2
 
 
 @pytest.mark.parametrize(("search", "message"), [
